@@ -1,0 +1,167 @@
+"""Item: the one value type for anything lamra embeds (text, images, both, frames, interleaved).
+
+An item is an ordered list of parts, each a text string or an image. The usual kinds:
+
+- ``Item(text="a red car")``                      text only
+- ``Item(images=[img])``                          image only (a PIL image or a path)
+- ``Item(text="...", images=[img])``              image + text (images come first, as in LamRA)
+- ``Item(images=[f1, f2, f3])``                   several images or the frames of a video
+- ``Item.interleaved(["Before:", img1, "After:", img2])``  text and images in a given order
+
+Plain Python values are accepted wherever items are: a ``str`` is text, a ``pathlib.Path``
+or a PIL image is an image, a dict has ``text`` / ``image`` / ``images`` / ``id`` keys.
+A ``str`` is never guessed to be a path: wrap image paths in ``Path`` or use a dict.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Union
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+ImageLike = Union["PILImage.Image", str, os.PathLike]
+
+# A decompression-bomb guard: images above this many pixels are refused before decoding.
+DEFAULT_IMAGE_PIXEL_LIMIT = 89_478_485  # PIL's own default warning threshold
+
+
+@dataclass(frozen=True)
+class Item:
+    """One query or candidate: ordered text and image parts, an optional string id."""
+
+    parts: tuple = ()
+    id: str | None = None
+
+    def __init__(self, text: str | None = None, images: Iterable[ImageLike] = (), id: str | None = None):
+        if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+            images = [images]
+        parts = [*images]
+        if text is not None and text != "":
+            parts.append(text)
+        object.__setattr__(self, "parts", tuple(parts))
+        object.__setattr__(self, "id", None if id is None else str(id))
+
+    @classmethod
+    def interleaved(cls, parts: Iterable[Any], id: str | None = None) -> "Item":
+        """An item whose text and image parts keep the given order."""
+        item = cls(id=id)
+        object.__setattr__(item, "parts", tuple(p for p in parts if not (isinstance(p, str) and p == "")))
+        return item
+
+    @property
+    def text(self) -> str | None:
+        texts = [p for p in self.parts if isinstance(p, str)]
+        return " ".join(texts) if texts else None
+
+    @property
+    def images(self) -> list:
+        return [p for p in self.parts if not isinstance(p, str)]
+
+    @property
+    def modality(self) -> str:
+        """M-BEIR's modality names: "text", "image" or "image,text"."""
+        has_text, has_image = self.text is not None, bool(self.images)
+        if has_text and has_image:
+            return "image,text"
+        return "image" if has_image else "text"
+
+    def is_empty(self) -> bool:
+        return not self.parts or all(isinstance(p, str) and not p.strip() for p in self.parts)
+
+
+def _is_pil(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
+
+
+def as_item(value: Any, *, base_dir: str | os.PathLike | None = None) -> Item:
+    """Coerce a plain value (str, Path, PIL image, dict, Item) into an :class:`Item`.
+
+    Relative image paths in dicts are resolved against ``base_dir`` (e.g. the jsonl's folder).
+    """
+    if isinstance(value, Item):
+        return value
+    if isinstance(value, str):
+        return Item(text=value)
+    if isinstance(value, os.PathLike) or _is_pil(value):
+        return Item(images=[value])
+    if isinstance(value, dict):
+        return _item_from_dict(value, base_dir=base_dir)
+    raise InputError(f"cannot make an item from a {type(value).__name__}; give a str, Path, PIL image, dict or Item")
+
+
+def _item_from_dict(record: dict, *, base_dir) -> Item:
+    item_id = record.get("id")
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"must be a string, got {type(text).__name__}", item=item_id, field="text")
+    images = []
+    for field in ("image", "images"):
+        value = record.get(field)
+        if value is None or value == "":
+            continue
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, str) and not _is_pil(v) and not isinstance(v, os.PathLike):
+                raise InputError(f"must be a path string, got {type(v).__name__}", item=item_id, field=field)
+            images.append(_resolve(v, base_dir))
+    return Item(text=text, images=images, id=item_id)
+
+
+def _resolve(path, base_dir):
+    if _is_pil(path):
+        return path
+    path = Path(path)
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    return path
+
+
+def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None):
+    """Open an image as RGB, with a clear error for every way a file can be bad."""
+    from PIL import Image, UnidentifiedImageError
+
+    if _is_pil(image):
+        _check_pixels(image.size, pixel_limit, item=item, name="in-memory image")
+        return image.convert("RGB") if image.mode != "RGB" else image
+    path = Path(image)
+    where = dict(item=item, field="image")
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}", **where)
+    if path.stat().st_size == 0:
+        raise InputError(f"image file is empty (0 bytes): {path}", **where)
+    try:
+        with Image.open(path) as handle:
+            _check_pixels(handle.size, pixel_limit, item=item, name=str(path))
+            handle.load()
+            return handle.convert("RGB")
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(f"not a readable image: {path}", **where) from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image too large (decompression-bomb guard): {path}: {exc}", **where) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"corrupt or truncated image: {path}: {exc}", **where) from None
+
+
+def _check_pixels(size, limit, *, item, name):
+    width, height = size
+    if width * height > limit:
+        raise InputError(
+            f"image {name} is {width}x{height} = {width * height} pixels, over the limit of {limit} "
+            "(decompression-bomb guard; raise it with pixel_limit if the image is genuine)",
+            item=item,
+            field="image",
+        )
+    if width == 0 or height == 0:
+        raise InputError(f"image {name} has zero size", item=item, field="image")

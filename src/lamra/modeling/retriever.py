@@ -1,0 +1,217 @@
+"""LamRA-Ret: one vector per item, from the hidden state just before ``<emb>``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..backbone import Backbone, load_backbone
+from ..errors import InputError
+from ..items import DEFAULT_IMAGE_PIXEL_LIMIT, Item, as_item, load_image
+from ..progress import progress_bar
+from ..prompts import MAX_RETRIEVAL_TEXT_TOKENS, PROMPT_FORMAT_VERSION, render_prompt, truncate_text
+from .batching import plan_batches, prefetch
+from .pooling import gather_rows, l2_normalize, last_positions, positions_before_token
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+@dataclass
+class _Prepared:
+    """An item turned into token ids (image placeholders expanded) and its image sources."""
+
+    input_ids: list[int]
+    images: list
+    item_id: str | None
+
+
+class Retriever:
+    """Embeds text, images, image+text, several images or video frames into one space.
+
+    >>> retriever = Retriever.from_pretrained("path/or/hub-id", lora="adapter/")
+    >>> vectors = retriever.encode(["a red car", Path("car.jpg")])   # (2, D) float32, unit norm
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        max_text_tokens: int = MAX_RETRIEVAL_TEXT_TOKENS,
+        cut_at_emb: bool = True,
+        image_pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT,
+    ):
+        self.backbone = backbone
+        self.max_text_tokens = max_text_tokens
+        # Cutting the prompt before <emb> gives the same vector with fewer tokens (spec 2).
+        self.cut_at_emb = cut_at_emb
+        self.image_pixel_limit = image_pixel_limit
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        *,
+        lora: str | os.PathLike | None = None,
+        merge_lora: bool = False,
+        device: str | None = None,
+        dtype: Any = None,
+        attn_implementation: str | None = None,
+        **kwargs,
+    ) -> "Retriever":
+        """Load a Qwen2-VL checkpoint (hub id or folder), optionally with a LoRA adapter."""
+        backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
+                                 attn_implementation=attn_implementation)
+        return cls(backbone, **kwargs)
+
+    # -- what the model reads -------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.hidden_size
+
+    @property
+    def prompt_version(self) -> str:
+        return PROMPT_FORMAT_VERSION
+
+    def fingerprint(self) -> dict:
+        """Model, adapter, prompt format and dimension: stored with every artefact."""
+        return {**self.backbone.fingerprint(), "prompt_format": PROMPT_FORMAT_VERSION, "dim": self.dim}
+
+    def _truncate(self, text: str) -> str:
+        return truncate_text(text, self.backbone.tokenizer, self.max_text_tokens)
+
+    def prompt(self, item: Any, instruction: str | None = None) -> str:
+        """The exact chat text the model reads for ``item`` (full LamRA form, with ``<emb>``)."""
+        return render_prompt(item, instruction, truncate=self._truncate)
+
+    def tokenize(self, item: Any, instruction: str | None = None) -> list[int]:
+        """Token ids fed to the model, image placeholders expanded to each image's size."""
+        return self._prepare(as_item(item), instruction).input_ids
+
+    def _prepare(self, item: Item, instruction: str | None) -> _Prepared:
+        if item.is_empty() and not instruction:
+            raise InputError("empty item: it has no text and no image", item=item.id, field="text")
+        sizes = [_image_size(image, self.image_pixel_limit, item.id) for image in item.images]
+        text = render_prompt(item, instruction, cut_at_emb=self.cut_at_emb, truncate=self._truncate)
+        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        image_token = self.backbone.image_token_id
+        expanded: list[int] = []
+        counts = iter(self.backbone.image_token_count(size) for size in sizes)
+        for token in ids:
+            expanded.extend([image_token] * next(counts) if token == image_token else [token])
+        return _Prepared(expanded, list(item.images), item.id)
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode(
+        self,
+        items: Iterable[Any],
+        instruction: str | Sequence[str | None] | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+        sort_by_length: bool = True,
+        show_progress: bool = True,
+        convert_to: str = "numpy",
+    ):
+        """Embed ``items`` into an (N, D) float32 array of unit vectors, in input order.
+
+        ``instruction`` is one task instruction for all items (queries) or one per item;
+        candidates take none. Batches are cut by ``max_batch_tokens`` padded tokens after
+        sorting by length (``sort_by_length=False`` and ``max_batch_tokens=None`` give plain
+        fixed-size batches in input order).
+        """
+        import torch
+
+        items = [as_item(x) for x in items]
+        instructions = _per_item(instruction, len(items))
+        prepared = []
+        for position, (item, instr) in enumerate(zip(items, instructions)):
+            try:
+                prepared.append(self._prepare(item, instr))
+            except InputError as exc:
+                raise exc.located(item=item.id if item.id is not None else f"#{position}") from None
+        out = torch.empty((len(items), self.dim), dtype=torch.float32)
+        batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
+                               max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length)
+        with progress_bar(len(items), "encoding", enabled=show_progress and len(items) > 0) as bar:
+            collated = prefetch(lambda rows: (rows, self._collate([prepared[i] for i in rows])), batches)
+            for rows, inputs in collated:
+                out[rows] = self._forward(inputs)
+                bar.advance(len(rows))
+        return out.numpy() if convert_to == "numpy" else out
+
+    def _collate(self, batch: list[_Prepared]) -> dict:
+        import torch
+
+        pad_id = self.backbone.tokenizer.pad_token_id
+        longest = max(len(p.input_ids) for p in batch)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, p in enumerate(batch):
+            input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
+            attention_mask[row, : len(p.input_ids)] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        images = [load_image(src, pixel_limit=self.image_pixel_limit, item=p.item_id) for p in batch for src in p.images]
+        if images:
+            inputs.update(self.backbone.pixel_inputs(images))
+            inputs["mm_token_type_ids"] = (input_ids == self.backbone.image_token_id).int()
+        return inputs
+
+    def _forward(self, inputs: dict):
+        import torch
+
+        backbone = self.backbone
+        device, dtype = backbone.device, backbone.dtype
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            hidden = backbone.language_model()(**inputs, use_cache=False).last_hidden_state
+            if self.cut_at_emb:
+                positions = last_positions(inputs["attention_mask"])
+            else:
+                positions = positions_before_token(inputs["input_ids"], backbone.emb_token_id)
+            return l2_normalize(gather_rows(hidden, positions)).cpu()
+
+    @staticmethod
+    def similarity(queries, candidates) -> np.ndarray:
+        """Cosine similarity of unit vectors: (Q, D) x (C, D) -> (Q, C)."""
+        return np.asarray(queries, dtype=np.float32) @ np.asarray(candidates, dtype=np.float32).T
+
+
+def _per_item(instruction, count: int) -> list:
+    if instruction is None or isinstance(instruction, str):
+        return [instruction] * count
+    instruction = list(instruction)
+    if len(instruction) != count:
+        raise ValueError(f"got {len(instruction)} instructions for {count} items")
+    return instruction
+
+
+def _image_size(image, pixel_limit: int, item_id) -> tuple[int, int]:
+    """Width and height from the header only (the pixels are decoded at batch time)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.size
+    # Opening reads the header; errors come out named by load_image's checks.
+    path = str(image)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        load_image(image, pixel_limit=pixel_limit, item=item_id)  # raises the precise error
+    try:
+        with Image.open(path) as handle:
+            size = handle.size
+    except Exception:
+        load_image(image, pixel_limit=pixel_limit, item=item_id)
+        raise
+    if size[0] * size[1] > pixel_limit or 0 in size:
+        load_image(image, pixel_limit=pixel_limit, item=item_id)
+    return size

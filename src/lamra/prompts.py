@@ -1,0 +1,138 @@
+"""The exact LamRA prompts (spec sections 2 and 3), rendered in the Qwen2-VL chat format.
+
+Everything a model reads is built here, so :func:`render_prompt` shows a user precisely
+what goes into the model for any item.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .items import Item, as_item
+
+# Bump when anything below changes the vectors a model produces: stored embeddings and
+# indexes carry it and refuse to mix with another version.
+PROMPT_FORMAT_VERSION = "lamra-ret-1"
+
+EMB_TOKEN = "<emb>"
+SYSTEM_PROMPT = "You are a helpful assistant."
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+ASSISTANT_START = "<|im_start|>assistant\n"
+
+SUMMARIZE_TEXT = "\nSummarize above sentence in one word: "
+SUMMARIZE_IMAGE = "\nSummarize above image in one word: "
+SUMMARIZE_IMAGE_TEXT = "\nSummarize above image and sentence in one word: "
+EMB_ANSWER = f"{EMB_TOKEN}."
+
+MAX_RETRIEVAL_TEXT_TOKENS = 480
+MAX_RERANK_TEXT_TOKENS = 256
+
+
+def format_text(text: str | None) -> str:
+    """LamRA's text normalisation: drop "\\r", strip spaces and outer double quotes,
+    upper-case the first character, end with ".", "?" or "!". Empty stays empty."""
+    if not text:
+        return ""
+    text = text.replace("\r", "").strip().strip('"')
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    if not text.endswith((".", "?", "!")):
+        text += "."
+    return text
+
+
+def truncate_text(text: str | None, tokenizer: Any, max_tokens: int) -> str | None:
+    """Cut ``text`` to at most ``max_tokens`` tokens of ``tokenizer`` (no-op when shorter)."""
+    if not text:
+        return text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens])
+
+
+def user_content(item: Any, instruction: str | None = None, *, truncate: Callable[[str], str] | None = None) -> list[dict]:
+    """The user turn's content list for an item, in the Qwen2-VL message format.
+
+    Queries pass their task ``instruction``; candidates pass none. Text is
+    ``format(f"{instruction} {text}")``; an image-only query becomes image + instruction.
+    """
+    item = as_item(item)
+    text_parts = [p for p in item.parts if isinstance(p, str)]
+    truncate = truncate or (lambda s: s)
+    content: list[dict] = []
+    if len(text_parts) <= 1:
+        # The three kinds of the paper: images first, then one text.
+        text = truncate(text_parts[0]) if text_parts else ""
+        text = format_text(f"{instruction} {text}" if instruction else text)
+        content = [{"type": "image", "image": img} for img in item.images]
+        if text:
+            content.append({"type": "text", "text": text})
+    else:
+        # Interleaved text and images keep their order; each text part is formatted.
+        if instruction:
+            content.append({"type": "text", "text": format_text(instruction)})
+        for part in item.parts:
+            if isinstance(part, str):
+                content.append({"type": "text", "text": format_text(truncate(part))})
+            else:
+                content.append({"type": "image", "image": part})
+    has_text = any(c["type"] == "text" for c in content)
+    has_image = any(c["type"] == "image" for c in content)
+    if has_text and has_image:
+        suffix = SUMMARIZE_IMAGE_TEXT
+    elif has_image:
+        suffix = SUMMARIZE_IMAGE
+    else:
+        suffix = SUMMARIZE_TEXT
+    # The suffix joins the last text (no separator in the chat template), as in LamRA.
+    if content and content[-1]["type"] == "text":
+        content[-1] = {"type": "text", "text": content[-1]["text"] + suffix}
+    else:
+        content.append({"type": "text", "text": suffix})
+    return content
+
+
+def embedding_messages(item: Any, instruction: str | None = None, *, truncate=None) -> list[dict]:
+    """The chat messages of LamRA-Ret for ``item``: user content, then the ``<emb>.`` answer."""
+    return [
+        {"role": "user", "content": user_content(item, instruction, truncate=truncate)},
+        {"role": "assistant", "content": [{"type": "text", "text": EMB_ANSWER}]},
+    ]
+
+
+def render_chat(messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    """Render messages exactly as the Qwen2-VL chat template does (default system prompt)."""
+    out = []
+    if not messages or messages[0]["role"] != "system":
+        out.append(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n")
+    for message in messages:
+        out.append(f"<|im_start|>{message['role']}\n")
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(content)
+        else:
+            for part in content:
+                out.append(IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"])
+        out.append("<|im_end|>\n")
+    if add_generation_prompt:
+        out.append(ASSISTANT_START)
+    return "".join(out)
+
+
+def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool = False, truncate=None) -> str:
+    """The exact text the model reads for ``item`` (images appear as vision placeholders).
+
+    With ``cut_at_emb`` the text stops right before ``<emb>``: under causal attention the
+    hidden state there is the same, so encoding uses this shorter form (spec section 2).
+    """
+    text = render_chat(embedding_messages(item, instruction, truncate=truncate))
+    if cut_at_emb:
+        text = text[: text.index(EMB_TOKEN)]
+    return text
+
+
+def item_images(item: Any) -> list:
+    """The images of ``item`` in the order the prompt shows them."""
+    return as_item(item).images

