@@ -15,6 +15,8 @@ _EXPORTS = {
     "Item": "lamra.items",
     "InputError": "lamra.errors",
     "Retriever": "lamra.modeling.retriever",
+    "Reranker": "lamra.modeling.reranker",
+    "fuse": "lamra.modeling.reranker",
     "load_backbone": "lamra.backbone",
     "render_prompt": "lamra.prompts",
     "format_text": "lamra.prompts",
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backbone import load_backbone
     from .errors import InputError
     from .items import Item
+    from .modeling.reranker import Reranker, fuse
     from .modeling.retriever import Retriever
     from .prompts import PROMPT_FORMAT_VERSION, format_text, render_prompt
 

@@ -75,6 +75,11 @@ class Backbone:
             model = model.get_base_model()
         return model.model
 
+    def output_head(self):
+        """The LM head (hidden state -> vocabulary logits), for answers such as "Yes" / "No"."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model.get_output_embeddings()
+
     def image_token_count(self, size: tuple[int, int]) -> int:
         """How many ``<|image_pad|>`` tokens an image of (width, height) becomes."""
         height, width = _smart_resize_hw(size, self.image_processor)

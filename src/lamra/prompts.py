@@ -136,3 +136,50 @@ def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool
 def item_images(item: Any) -> list:
     """The images of ``item`` in the order the prompt shows them."""
     return as_item(item).images
+
+
+# -- LamRA-Rank (spec section 3) -------------------------------------------------------------
+# Kept exactly as in the released training data: the runs of spaces and "responed".
+POINTWISE_INSTRUCTION = (
+    "I will provide you with a query and a candidate. Please evaluate whether the candidate"
+    + " " * 24
+    + "meets the requirements of the query. If it does, respond with 'Yes'; if it doesn't, responed with 'No'."
+)
+LISTWISE_INSTRUCTION = (
+    "I will provide you with a query followed by multiple candidates in the format: (1) cand1 (2) cand2, etc. "
+    "Each candidate is independent of the others." + " " * 25 + "Evaluate each candidate against the query, "
+    "and respond with the number corresponding to the candidate that best meets the requirements of the query."
+)
+LISTWISE_ANSWER_PREFIX = "Ans: ("
+
+
+def _item_parts(item: Any, instruction: str | None, truncate) -> list[dict]:
+    """An item's image(s) then its formatted text, as reranker content parts."""
+    item = as_item(item)
+    truncate = truncate or (lambda s: s)
+    text = truncate(item.text) if item.text else ""
+    text = format_text(f"{instruction} {text}" if instruction else text)
+    parts = [{"type": "image", "image": image} for image in item.images]
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def pointwise_messages(query: Any, candidate: Any, instruction: str | None = None, *, truncate=None) -> list[dict]:
+    """The user turn of LamRA-Rank's pointwise prompt; the model answers "Yes" or "No"."""
+    content = [{"type": "text", "text": POINTWISE_INSTRUCTION}, {"type": "text", "text": "Query:"}]
+    content += _item_parts(query, instruction, truncate)
+    content.append({"type": "text", "text": "Candidate:"})
+    content += _item_parts(candidate, None, truncate)
+    return [{"role": "user", "content": content}]
+
+
+def listwise_messages(query: Any, candidates: list, instruction: str | None = None, *, truncate=None) -> list[dict]:
+    """The user turn of LamRA-Rank's listwise prompt; the answer is "Ans: (k)"."""
+    content = [{"type": "text", "text": LISTWISE_INSTRUCTION}, {"type": "text", "text": "Query:"}]
+    content += _item_parts(query, instruction, truncate)
+    content.append({"type": "text", "text": "Candidates:"})
+    for number, candidate in enumerate(candidates, start=1):
+        content.append({"type": "text", "text": f"({number}) "})
+        content += _item_parts(candidate, None, truncate)
+    return [{"role": "user", "content": content}]

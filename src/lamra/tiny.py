@@ -140,6 +140,10 @@ def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, visi
     from transformers import Qwen2VLConfig
 
     ids = _token_ids(tokenizer)
+    # M-RoPE splits half the head dimension into (time, height, width) in Qwen2-VL's 2:3:3 ratio.
+    half = hidden_size // 4 // 2
+    mrope_section = [max(1, half // 4), max(1, 3 * half // 8)]
+    mrope_section.append(half - sum(mrope_section))
     return Qwen2VLConfig(
         text_config=dict(
             bos_token_id=ids["bos_token_id"],
@@ -152,7 +156,7 @@ def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, visi
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
             tie_word_embeddings=True,
         ),
         vision_config=dict(

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..backbone import Backbone, load_backbone
 from ..errors import InputError
-from ..items import DEFAULT_IMAGE_PIXEL_LIMIT, Item, as_item, load_image
+from ..items import DEFAULT_IMAGE_PIXEL_LIMIT, Item, as_item
 from ..progress import progress_bar
 from ..prompts import MAX_RETRIEVAL_TEXT_TOKENS, PROMPT_FORMAT_VERSION, render_prompt, truncate_text
 from .batching import plan_batches, prefetch
+from .inputs import PromptInput, collate, last_hidden_states, tokenize_prompt
 from .pooling import gather_rows, l2_normalize, last_positions, positions_before_token
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = 16384
-
-
-@dataclass
-class _Prepared:
-    """An item turned into token ids (image placeholders expanded) and its image sources."""
-
-    input_ids: list[int]
-    images: list
-    item_id: str | None
 
 
 class Retriever:
@@ -95,18 +86,11 @@ class Retriever:
         """Token ids fed to the model, image placeholders expanded to each image's size."""
         return self._prepare(as_item(item), instruction).input_ids
 
-    def _prepare(self, item: Item, instruction: str | None) -> _Prepared:
+    def _prepare(self, item: Item, instruction: str | None) -> PromptInput:
         if item.is_empty() and not instruction:
             raise InputError("empty item: it has no text and no image", item=item.id, field="text")
-        sizes = [_image_size(image, self.image_pixel_limit, item.id) for image in item.images]
         text = render_prompt(item, instruction, cut_at_emb=self.cut_at_emb, truncate=self._truncate)
-        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
-        image_token = self.backbone.image_token_id
-        expanded: list[int] = []
-        counts = iter(self.backbone.image_token_count(size) for size in sizes)
-        for token in ids:
-            expanded.extend([image_token] * next(counts) if token == image_token else [token])
-        return _Prepared(expanded, list(item.images), item.id)
+        return tokenize_prompt(self.backbone, text, item.images, pixel_limit=self.image_pixel_limit, item_id=item.id)
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -148,38 +132,16 @@ class Retriever:
                 bar.advance(len(rows))
         return out.numpy() if convert_to == "numpy" else out
 
-    def _collate(self, batch: list[_Prepared]) -> dict:
-        import torch
-
-        pad_id = self.backbone.tokenizer.pad_token_id
-        longest = max(len(p.input_ids) for p in batch)
-        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, p in enumerate(batch):
-            input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
-            attention_mask[row, : len(p.input_ids)] = 1
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        images = [load_image(src, pixel_limit=self.image_pixel_limit, item=p.item_id) for p in batch for src in p.images]
-        if images:
-            inputs.update(self.backbone.pixel_inputs(images))
-            inputs["mm_token_type_ids"] = (input_ids == self.backbone.image_token_id).int()
-        return inputs
+    def _collate(self, batch: list[PromptInput]) -> dict:
+        return collate(self.backbone, batch, pixel_limit=self.image_pixel_limit)
 
     def _forward(self, inputs: dict):
-        import torch
-
-        backbone = self.backbone
-        device, dtype = backbone.device, backbone.dtype
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        with torch.inference_mode():
-            hidden = backbone.language_model()(**inputs, use_cache=False).last_hidden_state
-            if self.cut_at_emb:
-                positions = last_positions(inputs["attention_mask"])
-            else:
-                positions = positions_before_token(inputs["input_ids"], backbone.emb_token_id)
-            return l2_normalize(gather_rows(hidden, positions)).cpu()
+        hidden, inputs = last_hidden_states(self.backbone, inputs)
+        if self.cut_at_emb:
+            positions = last_positions(inputs["attention_mask"])
+        else:
+            positions = positions_before_token(inputs["input_ids"], self.backbone.emb_token_id)
+        return l2_normalize(gather_rows(hidden, positions)).cpu()
 
     @staticmethod
     def similarity(queries, candidates) -> np.ndarray:
@@ -195,23 +157,3 @@ def _per_item(instruction, count: int) -> list:
         raise ValueError(f"got {len(instruction)} instructions for {count} items")
     return instruction
 
-
-def _image_size(image, pixel_limit: int, item_id) -> tuple[int, int]:
-    """Width and height from the header only (the pixels are decoded at batch time)."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.size
-    # Opening reads the header; errors come out named by load_image's checks.
-    path = str(image)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        load_image(image, pixel_limit=pixel_limit, item=item_id)  # raises the precise error
-    try:
-        with Image.open(path) as handle:
-            size = handle.size
-    except Exception:
-        load_image(image, pixel_limit=pixel_limit, item=item_id)
-        raise
-    if size[0] * size[1] > pixel_limit or 0 in size:
-        load_image(image, pixel_limit=pixel_limit, item=item_id)
-    return size

@@ -1,0 +1,248 @@
+"""The search pipeline behind the HTTP API: encode (batched) -> index search -> rerank -> fuse.
+
+Nothing here knows about HTTP except :class:`ApiError` for refusals; the app turns requests
+into :class:`Query` values and results into JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import IncompatibleArtifactError, InputError
+from ..items import Item
+from .batcher import MicroBatcher, QueueFull
+from .limits import ApiError, ServeConfig
+
+logger = logging.getLogger(__name__)
+
+# The fingerprint keys an index must share with the retriever that queries it.
+_FINGERPRINT_KEYS = ("model", "adapter", "prompt_format", "dim")
+
+
+class ScoresCandidates(Protocol):
+    """What the server needs of a reranker (``lamra.modeling.reranker.Reranker`` fits)."""
+
+    def score(self, query_item: Any, candidate_items: Sequence[Any]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search request, already checked: text and/or an RGB PIL image, an instruction."""
+
+    text: str | None = None
+    image: Any = None
+    instruction: str | None = None
+
+    def item(self) -> Item:
+        return Item(text=self.text, images=[self.image] if self.image is not None else [])
+
+    def rerank_item(self) -> Item:
+        # The reranker reads the query as the retriever does: instruction, then the query text.
+        text = " ".join(part for part in (self.instruction, self.text) if part) or None
+        return Item(text=text, images=[self.image] if self.image is not None else [])
+
+
+@dataclass(frozen=True)
+class _Job:
+    item: Item
+    instruction: str | None
+    k: int  # 0: embed only
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    vector: np.ndarray
+    scores: np.ndarray | None = None
+    ids: list[str] | None = None
+
+
+class SearchEngine:
+    """Owns the retriever, index, optional reranker and the batching queue of one server."""
+
+    def __init__(self, retriever, index, *, reranker: ScoresCandidates | None = None,
+                 config: ServeConfig | None = None):
+        self.retriever = retriever
+        self.index = index
+        self.reranker = reranker
+        self.config = config or ServeConfig()
+        check_compatible(retriever.fingerprint(), dict(getattr(index, "manifest", {}) or {}))
+        self.batcher: MicroBatcher[_Job, _Encoded] = MicroBatcher(
+            self._run_batch, max_batch_size=self.config.max_batch_size,
+            max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue)
+        self._rerank_pool: ThreadPoolExecutor | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.batcher.start()
+        if self.reranker is not None and self._rerank_pool is None:
+            # One thread: the reranker model runs one request at a time, off the event loop.
+            self._rerank_pool = ThreadPoolExecutor(1, thread_name_prefix="lamra-rerank")
+
+    def stop(self) -> None:
+        self.batcher.stop()
+        if self._rerank_pool is not None:
+            self._rerank_pool.shutdown(wait=False, cancel_futures=True)
+            self._rerank_pool = None
+
+    # -- the model thread -------------------------------------------------------------
+
+    def _run_batch(self, jobs: Sequence[_Job]) -> list[_Encoded]:
+        vectors = self.retriever.encode([job.item for job in jobs], [job.instruction for job in jobs],
+                                        batch_size=len(jobs), show_progress=False)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        results = [_Encoded(vectors[row]) for row in range(len(jobs))]
+        searching = [row for row, job in enumerate(jobs) if job.k > 0]
+        if searching:
+            # One index call for every query of the batch, at the largest k asked.
+            scores, ids = self.index.search(vectors[searching], max(jobs[row].k for row in searching))
+            for position, row in enumerate(searching):
+                k = jobs[row].k
+                results[row] = _Encoded(vectors[row], np.asarray(scores[position][:k], dtype=np.float32),
+                                        list(ids[position][:k]))
+        return results
+
+    async def _submit(self, job: _Job, deadline: float) -> _Encoded:
+        try:
+            future = self.batcher.submit(job)
+        except QueueFull as exc:
+            raise ApiError(503, "busy", f"server busy: {exc}; retry shortly") from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), _remaining(deadline))
+        except asyncio.TimeoutError:
+            future.cancel()  # still queued: it is skipped; already running: the result is dropped
+            raise ApiError(504, "timeout", f"the model did not answer within {self.config.request_timeout_s} s"
+                           ) from None
+        except InputError as exc:
+            raise ApiError(400, "bad_input", str(exc), field=exc.field) from None
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def search(self, query: Query, *, k: int, rerank: bool = False,
+                     rerank_depth: int | None = None) -> dict:
+        """Top-k for one query: ids with retrieval, rerank and fused scores, best first."""
+        if query.text is None and query.image is None:
+            raise ApiError(400, "empty_query", "give a query text and/or an image", field="text")
+        if rerank and self.reranker is None:
+            raise ApiError(400, "rerank_unavailable",
+                           "this server has no reranker; start it with --rerank MODEL or search with rerank off",
+                           field="rerank")
+        deadline = time.monotonic() + self.config.request_timeout_s
+        depth = max(k, rerank_depth or k) if rerank else k
+        started = time.perf_counter()
+        encoded = await self._submit(_Job(query.item(), query.instruction, depth), deadline)
+        retrieval = encoded.scores if encoded.scores is not None else np.zeros(0, np.float32)
+        ids = encoded.ids or []
+        timings = {"retrieve_ms": round((time.perf_counter() - started) * 1000, 2)}
+        hits = [{"id": item_id, "retrieval": float(score), "rerank": None, "fused": None}
+                for item_id, score in zip(ids, retrieval)]
+        if rerank and hits:
+            started = time.perf_counter()
+            rerank_scores = await self._rerank(query, ids, deadline)
+            alpha = self.config.alpha
+            for hit, score in zip(hits, rerank_scores):
+                hit["rerank"] = float(score)
+                hit["fused"] = alpha * hit["retrieval"] + (1 - alpha) * float(score)
+            # Stable sort: equal fused scores keep the retrieval order.
+            hits.sort(key=lambda hit: -hit["fused"])
+            timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        hits = hits[:k]
+        for rank, hit in enumerate(hits, start=1):
+            hit["rank"] = rank
+            hit["score"] = hit["fused"] if hit["fused"] is not None else hit["retrieval"]
+        return {"results": hits, "reranked": bool(rerank), "timings": timings}
+
+    async def _rerank(self, query: Query, ids: list[str], deadline: float) -> np.ndarray:
+        candidates = [candidate_item(self.metadata(item_id)) for item_id in ids]
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self._rerank_pool, self.reranker.score, query.rerank_item(), candidates)
+        try:
+            scores = await asyncio.wait_for(call, _remaining(deadline))
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the reranker did not answer within {self.config.request_timeout_s} s"
+                           ) from None
+        except InputError as exc:
+            raise ApiError(400, "bad_input", str(exc), field=exc.field) from None
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(ids) or not np.all(np.isfinite(scores)):
+            raise RuntimeError(f"the reranker returned {scores.shape[0]} scores for {len(ids)} candidates "
+                               "(or non-finite values)")
+        return scores
+
+    async def embed(self, items: Sequence[Item], instruction: str | None = None) -> np.ndarray:
+        """(N, D) float32 unit vectors; the items join the same batches as search queries."""
+        deadline = time.monotonic() + self.config.request_timeout_s
+        jobs = [self._submit(_Job(item, instruction, 0), deadline) for item in items]
+        encoded = await asyncio.gather(*jobs)
+        return np.stack([e.vector for e in encoded]) if encoded else np.zeros((0, self.retriever.dim), np.float32)
+
+    # -- the collection ---------------------------------------------------------------
+
+    def metadata(self, item_id: str) -> dict:
+        """An indexed item's metadata; 404 for an id the index does not hold."""
+        try:
+            meta = self.index.metadata(item_id)
+        except (KeyError, LookupError, InputError):
+            meta = None
+        if not meta:
+            raise ApiError(404, "unknown_id", f"no item with id {item_id!r} in the index", field="id")
+        return meta
+
+    def image_path(self, item_id: str) -> Path:
+        """The file of an indexed item's first image: a path the index stored, never one from a request."""
+        image = self.metadata(item_id).get("image")
+        if not image:
+            raise ApiError(404, "no_image", f"item {item_id!r} has no image", field="id")
+        path = Path(image)
+        if not path.is_file():
+            raise ApiError(404, "image_missing", f"the image file of item {item_id!r} is no longer on disk",
+                           field="id")
+        return path
+
+    def info(self) -> dict:
+        manifest = dict(getattr(self.index, "manifest", {}) or {})
+        return {
+            "model": self.retriever.fingerprint(),
+            "index": {"manifest": manifest, "count": len(self.index),
+                      "path": str(self.index.path) if getattr(self.index, "path", None) else None},
+            "reranker": describe_reranker(self.reranker),
+            "limits": self.config.public(),
+            "batching": self.batcher.stats.as_dict(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+def candidate_item(meta: dict) -> Item:
+    """An indexed item, rebuilt from its metadata for the reranker."""
+    images = meta.get("images") or ([meta["image"]] if meta.get("image") else [])
+    return Item(text=meta.get("text") or None, images=[Path(p) for p in images], id=meta.get("id"))
+
+
+def describe_reranker(reranker) -> dict | None:
+    if reranker is None:
+        return None
+    fingerprint = getattr(reranker, "fingerprint", None)
+    details = fingerprint() if callable(fingerprint) else {}
+    return {"class": type(reranker).__name__, **(details if isinstance(details, dict) else {})}
+
+
+def check_compatible(fingerprint: dict, manifest: dict) -> None:
+    """Refuse an index whose vectors another model, adapter or prompt format made."""
+    different = {key: (manifest[key], fingerprint.get(key)) for key in _FINGERPRINT_KEYS
+                 if key in manifest and manifest[key] != fingerprint.get(key)}
+    if different:
+        details = ", ".join(f"{key}: index {a!r} vs retriever {b!r}" for key, (a, b) in different.items())
+        raise IncompatibleArtifactError(f"the index was built with another retriever ({details})")
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
