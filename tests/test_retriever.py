@@ -132,3 +132,15 @@ def test_unsupported_model_type_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="not supported"):
         _model_class(str(tmp_path), {})
+
+
+def test_qwen2_5_vl_is_served_by_the_same_code(tmp_path, small_tokenizer, image_files):
+    from lamra.tiny import save_tiny_checkpoint
+
+    folder = save_tiny_checkpoint(tmp_path / "qwen25", tokenizer=small_tokenizer, family="qwen2_5_vl")
+    retriever = Retriever.from_pretrained(folder, device="cpu")
+    assert type(retriever.backbone.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    items = mixed_items(image_files)
+    together = encode(retriever, items)
+    alone = np.stack([encode(retriever, [item])[0] for item in items])
+    np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -135,43 +135,39 @@ def small_tokenizer(vocab_size: int = 1024):
     return _wrap_fast(backend)
 
 
-def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, vision_depth: int = 2, tokenizer=None):
-    """A 2-layer Qwen2-VL configuration (a few hundred kB of weights)."""
-    from transformers import Qwen2VLConfig
+def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, vision_depth: int = 2, tokenizer=None,
+                family: str = "qwen2_vl"):
+    """A 2-layer Qwen2-VL (or, with ``family="qwen2_5_vl"``, Qwen2.5-VL) configuration."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = _token_ids(tokenizer)
     # M-RoPE splits half the head dimension into (time, height, width) in Qwen2-VL's 2:3:3 ratio.
     half = hidden_size // 4 // 2
     mrope_section = [max(1, half // 4), max(1, 3 * half // 8)]
     mrope_section.append(half - sum(mrope_section))
-    return Qwen2VLConfig(
-        text_config=dict(
-            bos_token_id=ids["bos_token_id"],
-            eos_token_id=ids["eos_token_id"],
-            pad_token_id=ids["pad_token_id"],
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
-            tie_word_embeddings=True,
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            embed_dim=32,
-            hidden_size=hidden_size,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+    text_config = dict(
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         tie_word_embeddings=True,
-        **ids,
     )
+    vision_common = dict(depth=vision_depth, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_5_vl":
+        vision_config = dict(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size, window_size=56,
+                             fullatt_block_indexes=[vision_depth - 1], **vision_common)
+        return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
+    if family != "qwen2_vl":
+        raise ValueError(f"unknown family {family!r}")
+    vision_config = dict(embed_dim=32, hidden_size=hidden_size, mlp_ratio=2, **vision_common)
+    return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
 
 
 def arch_config(name: str, vocab_size: int | None = None):
@@ -217,19 +213,21 @@ def image_processor(max_pixels: int = 300 * 28 * 28, min_pixels: int = 56 * 56):
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32):
+def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32, family: str = "qwen2_vl"):
     """A random tiny Qwen2-VL whose vocabulary fits ``tokenizer`` (plus room for ``<emb>``)."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = tiny_config(len(tokenizer) + 1, hidden_size=hidden_size, tokenizer=tokenizer)
-    model = Qwen2VLForConditionalGeneration(config)
+    config = tiny_config(len(tokenizer) + 1, hidden_size=hidden_size, tokenizer=tokenizer, family=family)
+    model_class = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    model = model_class(config)
     model.eval()
     return model
 
 
-def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, hidden_size: int = 32) -> Path:
+def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, hidden_size: int = 32,
+                         family: str = "qwen2_vl") -> Path:
     """Save a tiny random Qwen2-VL and its processor as a local checkpoint folder.
 
     The folder looks like a hub checkpoint of a raw Qwen2-VL-Instruct (no ``<emb>`` yet), so
@@ -237,7 +235,7 @@ def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, h
     """
     folder = Path(folder)
     tokenizer = tokenizer if tokenizer is not None else small_tokenizer()
-    model = tiny_model(tokenizer, seed=seed, hidden_size=hidden_size)
+    model = tiny_model(tokenizer, seed=seed, hidden_size=hidden_size, family=family)
     model.save_pretrained(folder)
     # Tokenizer and image processor are saved on their own: transformers' combined
     # Qwen2VLProcessor cannot be built without torchvision (see backbone.py).
