@@ -1,0 +1,158 @@
+"""Embedding caches of the evaluation: index folders keyed by everything their vectors depend on.
+
+A cache entry is a lamra index folder (``lamra.index.Index``), built with the index layer's
+sharded, checkpointed, resumable (and ``torchrun``-parallel) encoding. Its folder name carries a
+key hashed from
+
+- the encoder's fingerprint (model, adapter, prompt-format version, dimension),
+- the content hash (sha256) of the data file the items come from,
+- whatever else changes the vectors (the query instructions, the storage dtype),
+
+so a second evaluation with the same model and data opens the folder and encodes nothing, and a
+change of any of these lands in a new folder and encodes everything. (Images are read through
+the data file's paths; an image replaced in place under the same name is not detected.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_HASHES: dict[tuple, str] = {}
+
+
+class Encoder(Protocol):
+    """What the evaluation needs from a model: lamra's Retriever, or a baseline."""
+
+    def encode(self, items: Sequence[Any], instruction: str | Sequence[str | None] | None = None,
+               **options) -> np.ndarray: ...
+
+    def fingerprint(self) -> dict: ...
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, read in 1 MiB blocks; memoised on (path, size, mtime)."""
+    path = Path(path)
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[memo] = digest.hexdigest()
+    return _HASHES[memo]
+
+
+def strings_sha256(values: Iterable[str | None]) -> str:
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(b"\x00" if value is None else value.encode("utf-8") + b"\x01")
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: dict, parts: dict) -> str:
+    """A short, stable hash of the fingerprint and the other parts the vectors depend on."""
+    blob = json.dumps({"format": CACHE_FORMAT, "fingerprint": fingerprint, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class EncoderAdapter:
+    """What the index layer calls: ``encode``, ``fingerprint()`` and ``dim``, for any encoder.
+
+    With ``instructions`` (item id -> instruction) each item gets its own instruction: the index
+    layer encodes items without one (candidates take none), and queries go through it wrapped
+    in this, so they get the same sharded, resumable encoding.
+    """
+
+    def __init__(self, encoder: Encoder, instructions: dict[str, str | None] | None = None):
+        self.encoder, self.instructions = encoder, instructions
+
+    def fingerprint(self) -> dict:
+        return self.encoder.fingerprint()
+
+    @property
+    def dim(self) -> int:
+        return int(getattr(self.encoder, "dim", None) or self.fingerprint()["dim"])
+
+    def encode(self, items, instruction=None, **options):
+        items = list(items)
+        if self.instructions is not None:
+            instruction = [self.instructions[item.id] for item in items]
+        return self.encoder.encode(items, instruction, **options)
+
+
+@dataclass
+class CacheStats:
+    built: list[str]
+    reused: list[str]
+
+
+class EmbeddingCache:
+    """Index folders under ``folder``; ``stats`` records which were built and which reused."""
+
+    def __init__(self, folder: str | os.PathLike, *, index_dtype: str = "float16", shard_size: int = 1024,
+                 batch_size: int | None = None, show_progress: bool = True):
+        self.folder = Path(folder)
+        self.index_dtype = index_dtype
+        self.shard_size = shard_size
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.stats = CacheStats([], [])
+
+    def index(self, name: str, items: Callable[[], list], encoder: Encoder, *, source: Path, count: int,
+              parts: dict | None = None, dtype: str | None = None, locate: Callable[[str], int | None] | None = None):
+        """The index of ``items()`` (called only when it must be built), from the cache when the key matches.
+
+        ``source`` is the data file (its sha256 goes into the key), ``count`` the number of items
+        it yields, ``parts`` anything else the vectors depend on. ``locate(item_id)`` gives the
+        source line of an item, to name it when encoding fails.
+        """
+        from ..index import Index
+        from ..index.files import MANIFEST
+
+        dtype = dtype or self.index_dtype
+        fingerprint = encoder.fingerprint()
+        key_parts = {"data_sha256": file_sha256(source), "dtype": dtype, **(parts or {})}
+        key = cache_key(fingerprint, key_parts)
+        path = self.folder / f"{name}.{key}"
+        if (path / MANIFEST).is_file():
+            index = Index.open(path, expect=fingerprint, verify=False)
+            if len(index) == count:
+                logger.info("reusing %s (%d vectors)", path, count)
+                self.stats.reused.append(name)
+                return index
+            raise InputError(f"cached index holds {len(index)} items, the data {count}: delete the folder to rebuild",
+                             file=str(path))
+        self._describe(path, name, fingerprint, key_parts, source)
+        options: dict[str, Any] = {"dtype": dtype, "shard_size": self.shard_size, "show_progress": self.show_progress}
+        if self.batch_size is not None:
+            options["batch_size"] = self.batch_size
+        adapted = encoder if isinstance(encoder, EncoderAdapter) else EncoderAdapter(encoder)
+        listed = items()
+        try:
+            index = Index.build(listed, adapted, path, **options)
+        except InputError as exc:
+            line = locate(exc.item) if locate is not None and exc.item is not None else None
+            raise exc.located(file=str(source), line=line) from None
+        self.stats.built.append(name)
+        return index
+
+    def _describe(self, path: Path, name: str, fingerprint: dict, parts: dict, source: Path) -> None:
+        """A readable note beside the folder: what its key was made of."""
+        from ..embeddings import atomic_write_bytes
+
+        note = {"name": name, "fingerprint": fingerprint, "source": str(source), **parts}
+        atomic_write_bytes(path.with_name(path.name + ".key.json"), json.dumps(note, indent=2).encode())

@@ -1,0 +1,124 @@
+"""Result tables (terminal, json, csv, markdown) and TREC run files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..embeddings import atomic_write_bytes
+
+
+@dataclass
+class TaskResult:
+    """One row of the table: the task's headline metric, and the other cut-offs for reference."""
+
+    task: str
+    task_type: str
+    dataset: str
+    metric: str
+    score: float  # percent, 0..100
+    queries: int
+    pool: str
+    pool_size: int
+    metrics: dict[str, float] = field(default_factory=dict)  # percent
+    run_file: str | None = None
+    query_index: str | None = None
+    pool_index: str | None = None
+
+
+def average(results: Sequence[TaskResult]) -> float:
+    return sum(r.score for r in results) / len(results) if results else 0.0
+
+
+def _rows(results: Sequence[TaskResult]) -> list[list[str]]:
+    rows = [[f"{n}. {r.task_type}", r.dataset, r.metric, f"{r.score:.1f}"] for n, r in enumerate(results, start=1)]
+    count = len(results)
+    label = "Average" if count == 16 else f"Average ({count} task{'' if count == 1 else 's'})"
+    rows.append([label, "", "", f"{average(results):.1f}"])
+    return rows
+
+
+TABLE_HEADER = ["Task", "Dataset", "Metric", "Score"]
+
+
+def rich_table(results: Sequence[TaskResult], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in TABLE_HEADER:
+        table.add_column(name, justify="right" if name == "Score" else "left")
+    rows = _rows(results)
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    return table
+
+
+def markdown(results: Sequence[TaskResult], title: str) -> str:
+    """The per-task table, then the same numbers as one row laid out like the paper's Table 2."""
+    lines = [f"# {title}", "", "| " + " | ".join(TABLE_HEADER) + " |", "|---|---|---|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    lines += ["", "As one row (the paper's Table 2 layout):", ""]
+    header = [f"{r.task_type} {r.dataset}" for r in results] + ["Avg."]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---:|" * len(header))
+    lines.append("| " + " | ".join(f"{r.score:.1f}" for r in results) + f" | {average(results):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(results: Sequence[TaskResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    extra = sorted({name for r in results for name in r.metrics})
+    writer.writerow(["task", "task_type", "dataset", "metric", "score", "queries", "pool", "pool_size", *extra])
+    for r in results:
+        writer.writerow([r.task, r.task_type, r.dataset, r.metric, f"{r.score:.4f}", r.queries, r.pool, r.pool_size,
+                         *[f"{r.metrics[name]:.4f}" if name in r.metrics else "" for name in extra]])
+    writer.writerow(["average", "", "", "", f"{average(results):.4f}", "", "", "", *[""] * len(extra)])
+    return buffer.getvalue()
+
+
+def write_reports(results: Sequence[TaskResult], out: Path, *, title: str, info: dict, stem: str = "results") -> dict:
+    """results.json (everything), results.csv and results.md; returns their paths."""
+    payload = {**info, "average": average(results), "tasks": [asdict(r) for r in results]}
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md"}
+    atomic_write_bytes(paths["json"], (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(paths["csv"], csv_text(results).encode())
+    atomic_write_bytes(paths["markdown"], markdown(results, title).encode())
+    return paths
+
+
+def write_trec_run(path: Path, qids: Iterable[str], ids: Iterable[Sequence[str]], scores, tag: str = "lamra") -> None:
+    """TREC run lines ``qid Q0 did rank score tag`` (rank from 1), written atomically."""
+    lines = []
+    for qid, row_ids, row_scores in zip(qids, ids, scores):
+        for rank, (did, score) in enumerate(zip(row_ids, row_scores), start=1):
+            lines.append(f"{qid} Q0 {did} {rank} {float(score):.6f} {tag}\n")
+    atomic_write_bytes(path, "".join(lines).encode())
+
+
+def read_trec_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """``{qid: [(did, score), ...]}`` in file rank order (for reranking or other metrics)."""
+    from ..errors import InputError
+
+    run: dict[str, list[tuple[str, float]]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            fields = text.split()
+            if not fields:
+                continue
+            if len(fields) < 6:
+                raise InputError(f"expected 'qid Q0 did rank score tag', got {len(fields)} columns",
+                                 file=str(path), line=number)
+            try:
+                score = float(fields[4])
+            except ValueError:
+                raise InputError(f"score must be a number, got {fields[4]!r}", file=str(path), line=number,
+                                 field="score") from None
+            run.setdefault(fields[0], []).append((fields[2], score))
+    return run
