@@ -45,26 +45,18 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; ``main([...])`` runs a command in-process (tests)."""
+    """Entry point of the console script; ``main([...])`` runs a command in-process (tests).
+
+    Usage errors print their message and give exit code 2 (click's standalone handling); a
+    lamra error (bad input, incompatible artefact) prints one line and also gives 2.
+    """
+    from ..errors import LamraError
+
     try:
-        # Outside standalone mode click returns an Exit's code instead of raising it.
-        code = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
-        return code if isinstance(code, int) else 0
-    except SystemExit as exc:  # typer's Exit inside standalone_mode=False
-        return int(exc.code or 0)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        from ..errors import LamraError
-
-        if isinstance(exc, LamraError):
-            typer.echo(f"error: {exc}", err=True)
-            return 2
-        raise
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except LamraError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return 0

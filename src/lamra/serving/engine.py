@@ -11,21 +11,20 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import IncompatibleArtifactError, InputError
+from ..errors import InputError
+from ..index.store import check_fingerprint
 from ..items import Item
+from ..modeling.reranker import fuse
 from .batcher import MicroBatcher, QueueFull
 from .limits import ApiError, ServeConfig
 
 logger = logging.getLogger(__name__)
-
-# The fingerprint keys an index must share with the retriever that queries it.
-_FINGERPRINT_KEYS = ("model", "adapter", "prompt_format", "dim")
-
 
 class ScoresCandidates(Protocol):
     """What the server needs of a reranker (``lamra.modeling.reranker.Reranker`` fits)."""
@@ -44,8 +43,8 @@ class Query:
     def item(self) -> Item:
         return Item(text=self.text, images=[self.image] if self.image is not None else [])
 
-    def rerank_item(self) -> Item:
-        # The reranker reads the query as the retriever does: instruction, then the query text.
+    def with_instruction_in_text(self) -> Item:
+        """For a reranker without an ``instruction`` argument: instruction, then the query text."""
         text = " ".join(part for part in (self.instruction, self.text) if part) or None
         return Item(text=text, images=[self.image] if self.image is not None else [])
 
@@ -73,11 +72,13 @@ class SearchEngine:
         self.index = index
         self.reranker = reranker
         self.config = config or ServeConfig()
-        check_compatible(retriever.fingerprint(), dict(getattr(index, "manifest", {}) or {}))
+        # Vectors of another model, adapter or prompt format would give meaningless scores.
+        check_fingerprint(dict(index.manifest), retriever.fingerprint(), where=str(index.path or "(in memory)"))
         self.batcher: MicroBatcher[_Job, _Encoded] = MicroBatcher(
             self._run_batch, max_batch_size=self.config.max_batch_size,
             max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue)
         self._rerank_pool: ThreadPoolExecutor | None = None
+        self._reranker_takes_instruction = reranker is not None and _accepts(reranker.score, "instruction")
         self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -106,9 +107,9 @@ class SearchEngine:
             # One index call for every query of the batch, at the largest k asked.
             scores, ids = self.index.search(vectors[searching], max(jobs[row].k for row in searching))
             for position, row in enumerate(searching):
-                k = jobs[row].k
-                results[row] = _Encoded(vectors[row], np.asarray(scores[position][:k], dtype=np.float32),
-                                        list(ids[position][:k]))
+                # An approximate backend may find fewer than k (shorter id list, -inf scores).
+                found = list(ids[position][: jobs[row].k])
+                results[row] = _Encoded(vectors[row], np.asarray(scores[position][: len(found)], np.float32), found)
         return results
 
     async def _submit(self, job: _Job, deadline: float) -> _Encoded:
@@ -148,10 +149,9 @@ class SearchEngine:
         if rerank and hits:
             started = time.perf_counter()
             rerank_scores = await self._rerank(query, ids, deadline)
-            alpha = self.config.alpha
-            for hit, score in zip(hits, rerank_scores):
-                hit["rerank"] = float(score)
-                hit["fused"] = alpha * hit["retrieval"] + (1 - alpha) * float(score)
+            fused = fuse(retrieval, rerank_scores, self.config.alpha)
+            for hit, score, total in zip(hits, rerank_scores, fused):
+                hit["rerank"], hit["fused"] = float(score), float(total)
             # Stable sort: equal fused scores keep the retrieval order.
             hits.sort(key=lambda hit: -hit["fused"])
             timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -163,8 +163,11 @@ class SearchEngine:
 
     async def _rerank(self, query: Query, ids: list[str], deadline: float) -> np.ndarray:
         candidates = [candidate_item(self.metadata(item_id)) for item_id in ids]
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._rerank_pool, self.reranker.score, query.rerank_item(), candidates)
+        if self._reranker_takes_instruction:  # lamra's Reranker places the instruction itself
+            score = partial(self.reranker.score, query.item(), candidates, instruction=query.instruction)
+        else:
+            score = partial(self.reranker.score, query.with_instruction_in_text(), candidates)
+        call = asyncio.get_running_loop().run_in_executor(self._rerank_pool, score)
         try:
             scores = await asyncio.wait_for(call, _remaining(deadline))
         except asyncio.TimeoutError:
@@ -209,11 +212,10 @@ class SearchEngine:
         return path
 
     def info(self) -> dict:
-        manifest = dict(getattr(self.index, "manifest", {}) or {})
+        manifest = dict(self.index.manifest)
         return {
             "model": self.retriever.fingerprint(),
-            "index": {"manifest": manifest, "count": len(self.index),
-                      "path": str(self.index.path) if getattr(self.index, "path", None) else None},
+            "index": {"manifest": manifest, "count": len(self.index)},  # not its folder: no paths leave
             "reranker": describe_reranker(self.reranker),
             "limits": self.config.public(),
             "batching": self.batcher.stats.as_dict(),
@@ -235,13 +237,13 @@ def describe_reranker(reranker) -> dict | None:
     return {"class": type(reranker).__name__, **(details if isinstance(details, dict) else {})}
 
 
-def check_compatible(fingerprint: dict, manifest: dict) -> None:
-    """Refuse an index whose vectors another model, adapter or prompt format made."""
-    different = {key: (manifest[key], fingerprint.get(key)) for key in _FINGERPRINT_KEYS
-                 if key in manifest and manifest[key] != fingerprint.get(key)}
-    if different:
-        details = ", ".join(f"{key}: index {a!r} vs retriever {b!r}" for key, (a, b) in different.items())
-        raise IncompatibleArtifactError(f"the index was built with another retriever ({details})")
+def _accepts(function, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _remaining(deadline: float) -> float:

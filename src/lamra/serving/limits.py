@@ -27,7 +27,7 @@ class ServeConfig:
     max_embed_items: int = 32  # items in one /embed request
     request_timeout_s: float = 60.0  # waiting for the model, per request
     max_batch_size: int = 16  # queries encoded together
-    max_wait_ms: float = 5.0  # how long a batch waits for more callers once one arrives
+    max_wait_ms: float = 2.0  # how long a batch waits for more callers once one arrives
     max_queue: int = 256  # queued queries beyond this get 503 at once
     alpha: float = 0.5  # fused = alpha * retrieval + (1 - alpha) * rerank (spec section 5)
     default_k: int = 10
@@ -152,13 +152,13 @@ def decode_image(data: bytes, *, field: str, config: ServeConfig):
     except ApiError:
         raise
     except UnidentifiedImageError:
-        raise ApiError(400, "not_an_image", f"{field} is not an image PIL can read (PNG, JPEG, WebP, GIF...)",
+        raise ApiError(400, "not_an_image", f"{field}: the data is not an image (PNG, JPEG, WebP, GIF, BMP... expected)",
                        field=field) from None
     except Image.DecompressionBombError:
         raise ApiError(413, "image_too_large", f"{field} is too large (decompression-bomb guard)",
                        field=field) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(400, "corrupt_image", f"{field} is a corrupt or truncated image: {exc}",
+        raise ApiError(400, "corrupt_image", f"{field}: corrupt or truncated image: {exc}",
                        field=field) from None
 
 

@@ -1,0 +1,173 @@
+// The lamra search page: plain DOM code, no build step. Results are built with textContent
+// (never innerHTML), so item text cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let queryImage = null; // the File chosen, dropped or pasted
+
+function setStatus(message, isError = false) {
+  const status = $("status");
+  status.textContent = message;
+  status.classList.toggle("error", isError);
+}
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/info");
+    const info = await response.json();
+    const model = info.model && info.model.model ? String(info.model.model).split("/").pop() : "?";
+    $("server-info").textContent =
+      `${info.index.count} items · model ${model}` + (info.reranker ? ` · reranker ${info.reranker.class}` : "");
+    // Without a reranker the server refuses rerank requests, so the toggle is not offered.
+    $("rerank-toggle").hidden = !info.reranker;
+  } catch (error) {
+    $("server-info").textContent = "server info unavailable";
+  }
+}
+
+function setImage(file) {
+  if (file && !file.type.startsWith("image/")) {
+    setStatus(`${file.name} is not an image`, true);
+    return;
+  }
+  queryImage = file || null;
+  const preview = $("image-preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  if (queryImage) {
+    preview.src = URL.createObjectURL(queryImage);
+  } else {
+    preview.removeAttribute("src");
+    $("image-input").value = "";
+  }
+  preview.hidden = !queryImage;
+  $("clear-image").hidden = !queryImage;
+  $("dropzone-label").hidden = !!queryImage;
+}
+
+function wireDropzone() {
+  const zone = $("dropzone");
+  const input = $("image-input");
+  zone.addEventListener("click", (event) => {
+    if (event.target !== $("clear-image")) input.click();
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
+  });
+  input.addEventListener("change", () => setImage(input.files[0]));
+  $("clear-image").addEventListener("click", (event) => { event.stopPropagation(); setImage(null); });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.remove("dragging"); });
+  }
+  zone.addEventListener("drop", (event) => {
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) setImage(file);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+    if (file) setImage(file);
+  });
+}
+
+function formatScore(value) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(3);
+}
+
+function renderResults(data) {
+  const grid = $("results");
+  grid.replaceChildren();
+  for (const hit of data.results) {
+    const card = document.createElement("article");
+    card.className = "result";
+    card.dataset.id = hit.id;
+
+    const box = document.createElement("div");
+    box.className = "thumb-box";
+    if (hit.thumbnail_url) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.src = hit.thumbnail_url;
+      img.alt = hit.text || hit.id;
+      img.loading = "lazy";
+      const link = document.createElement("a");
+      link.href = hit.image_url;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.append(img);
+      box.append(link);
+    } else {
+      const none = document.createElement("span");
+      none.className = "no-image";
+      none.textContent = "text only";
+      box.append(none);
+    }
+
+    const body = document.createElement("div");
+    body.className = "body";
+    const id = document.createElement("div");
+    id.className = "id";
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = `#${hit.rank}`;
+    id.append(rank, document.createTextNode(hit.id));
+    const scores = document.createElement("div");
+    scores.className = "scores";
+    scores.textContent = hit.scores.fused === null
+      ? `score ${formatScore(hit.scores.retrieval)}`
+      : `fused ${formatScore(hit.scores.fused)} · ret ${formatScore(hit.scores.retrieval)} · rerank ${formatScore(hit.scores.rerank)}`;
+    body.append(id, scores);
+    if (hit.text) {
+      const text = document.createElement("p");
+      text.className = "text";
+      text.textContent = hit.text;
+      text.title = hit.text;
+      body.append(text);
+    }
+    card.append(box, body);
+    grid.append(card);
+  }
+}
+
+async function search(event) {
+  event.preventDefault();
+  const text = $("query").value.trim();
+  if (!text && !queryImage) {
+    setStatus("Type a query or add an image.", true);
+    return;
+  }
+  const form = new FormData();
+  if (text) form.append("text", text);
+  if (queryImage) form.append("image", queryImage, queryImage.name || "query.png");
+  const instruction = $("instruction").value.trim();
+  if (instruction) form.append("instruction", instruction);
+  form.append("k", $("k").value);
+  if (!$("rerank-toggle").hidden) form.append("rerank", $("rerank").checked ? "true" : "false");
+
+  const button = $("search-button");
+  button.disabled = true;
+  setStatus("Searching…");
+  const started = performance.now();
+  try {
+    const response = await fetch("/search", { method: "POST", body: form });
+    const data = await response.json();
+    if (!response.ok) {
+      setStatus(`Error ${response.status}: ${data.detail || "request failed"}`, true);
+      return;
+    }
+    renderResults(data);
+    const ms = Math.round(performance.now() - started);
+    setStatus(`${data.results.length} results in ${ms} ms` + (data.query.rerank ? " (reranked)" : ""));
+  } catch (error) {
+    setStatus(`Request failed: ${error}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wireDropzone();
+  $("search-form").addEventListener("submit", search);
+  loadInfo();
+});

@@ -1,0 +1,110 @@
+"""Fixtures of the serving tests: a small index over the tiny model, apps, a live local server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+# An id with a slash, a colon and a space: it must survive URL encoding both ways.
+ODD_ID = "news/2024:7 x"
+HOSTILE_TEXT = "<img src=x onerror=\"document.title='pwned'\"> a fox in the snow"
+
+
+@pytest.fixture(scope="session")
+def serving_items(image_files):
+    from lamra.items import Item
+
+    red, green, blue, yellow = image_files
+    return [
+        Item(text="A red circle on a white background.", images=[red], id="red-circle"),
+        Item(images=[green], id="green-circle"),  # image only
+        Item(text="A tall blue ellipse.", images=[blue], id="blue-ellipse"),
+        Item(images=[yellow], id="yellow-disc"),  # image only
+        Item(text="A dog runs on the grass.", id="txt-dog"),
+        Item(text="A red car parks near the house.", id="txt-car"),
+        Item(text="Two people walk along the beach at sunset.", id="txt-beach"),
+        Item(text="The minister spoke at the conference about the election.", images=[red], id=ODD_ID),
+        Item(text=HOSTILE_TEXT, id="txt-hostile"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def serving_index(serving_items, tiny_retriever, tmp_path_factory):
+    from lamra.index import Index
+
+    return Index.build(serving_items, tiny_retriever, tmp_path_factory.mktemp("serving-index") / "index",
+                       show_progress=False)
+
+
+class FakeReranker:
+    """Scores candidates by a fixed rule, so fused scores and order can be checked exactly.
+
+    P(Yes) = 1 for candidates that have no image, 0.1 for those that have one: reranking must
+    lift text-only items above image items whatever the retrieval order was.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, query_item, candidate_items):
+        self.calls.append((query_item, list(candidate_items)))
+        return np.array([0.1 if c.images else 1.0 for c in candidate_items], dtype=np.float32)
+
+
+@pytest.fixture
+def fake_reranker():
+    return FakeReranker()
+
+
+@pytest.fixture
+def make_client(tiny_retriever, serving_index):
+    """make_client(reranker=None, retriever=None, **limits) -> a started TestClient (lifespan run)."""
+    from fastapi.testclient import TestClient
+
+    from lamra.serving.app import create_app
+    from lamra.serving.limits import ServeConfig
+
+    clients = []
+
+    def make(reranker=None, retriever=None, **limits):
+        app = create_app(retriever or tiny_retriever, serving_index, reranker=reranker, config=ServeConfig(**limits))
+        client = TestClient(app).__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@contextmanager
+def live_server(app):
+    """Serve ``app`` with uvicorn on 127.0.0.1 at a free port (chosen by the OS) in a thread."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
