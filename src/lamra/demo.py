@@ -1,4 +1,4 @@
-"""``make demo``: embed the bundled sample collection and rank it for two queries.
+"""``make demo``: index the bundled sample collection on disk and search it with two queries.
 
     python -m lamra.demo [--model PATH_OR_HUB_ID] [--lora DIR] [--out demo-out]
 
@@ -42,41 +42,47 @@ def main(argv: list[str] | None = None) -> None:
     from rich.table import Table
 
     from .data.jsonl import read_item_lines
-    from .embeddings import save_embeddings
+    from .index import Index
     from .items import Item
     from .modeling.retriever import Retriever
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the demo shows its own progress
     console = Console()
     untrained = args.model is None
     model = args.model or _tiny_untrained_model(args.out / "tiny-untrained-qwen2vl")
     if untrained:
         console.print("[bold yellow]NOTE: this demo model is UNTRAINED[/]: a 2-layer Qwen2-VL with random "
                       "weights, built in code. The rankings below show the pipeline working end to end "
-                      "(prompts, images, batching, pooling, cosine ranking), not retrieval quality. "
+                      "(prompts, images, batching, pooling, on-disk index, search), not retrieval quality. "
                       "Pass --model with a LamRA checkpoint for real results.")
     retriever = Retriever.from_pretrained(model, lora=args.lora)
-    lines = read_item_lines(ASSETS / "collection.jsonl")
-    collection = [entry.item for entry in lines if entry.error is None]
-    console.print(f"Embedding {len(collection)} items from {ASSETS / 'collection.jsonl'} with {retriever.fingerprint()}")
-    vectors = retriever.encode(collection)
-    written = save_embeddings(args.out / "collection.npy", vectors, [item.id for item in collection],
-                              retriever.fingerprint())
-    console.print(f"Saved the vectors to {written['vectors']}")
+    index_path = args.out / "index"
+    if (index_path / "manifest.json").is_file():
+        index = Index.open(index_path, expect=retriever.fingerprint())
+        console.print(f"Opened the index built earlier: {index_path} ({len(index)} items)")
+    else:
+        lines = read_item_lines(ASSETS / "collection.jsonl")
+        collection = [entry.item for entry in lines if entry.error is None]
+        console.print(f"Indexing {len(collection)} items from {ASSETS / 'collection.jsonl'}")
+        index = Index.build(collection, retriever, index_path)
+        console.print(f"Built {index_path} ({len(index)} items, model {retriever.fingerprint()['model']})")
 
     for text, image, instruction in QUERIES:
         query = Item(text=text, images=[ASSETS / image] if image else [])
-        query_vector = retriever.encode([query], instruction, show_progress=False)
-        scores = retriever.similarity(query_vector, vectors)[0]
+        scores, ids = index.search(retriever.encode([query], instruction, show_progress=False), k=args.top)
         table = Table(title=f"query: {text or image}  (instruction: {instruction})")
         for column in ("rank", "id", "score", "text", "image"):
             table.add_column(column)
-        for rank, position in enumerate(scores.argsort()[::-1][: args.top], start=1):
-            item = collection[position]
-            image_name = item.images[0].name if item.images else ""
-            table.add_row(str(rank), item.id, f"{scores[position]:.4f}", item.text or "", image_name)
+        for rank, (item_id, score) in enumerate(zip(ids[0], scores[0]), start=1):
+            meta = index.metadata(item_id)
+            table.add_row(str(rank), item_id, f"{score:.4f}", meta.get("text") or "",
+                          Path(meta["image"]).name if meta.get("image") else "")
         console.print(table)
         console.print("[dim]Prompt the model read for this query:[/]")
         console.print(retriever.prompt(query, instruction).replace("[", r"\["), highlight=False, soft_wrap=True)
+    console.print(f"Try it in a browser: [bold].venv/bin/lamra serve {index_path} --model {model}[/]")
 
 
 if __name__ == "__main__":

@@ -20,21 +20,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..items import as_item
+from ..modeling.retriever import per_item_instructions as _instructions
 
 
 def _unit_vector(key: str, dim: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
     vector = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return vector / np.linalg.norm(vector)
-
-
-def _instructions(instruction, count: int) -> list:
-    if instruction is None or isinstance(instruction, str):
-        return [instruction] * count
-    instruction = list(instruction)
-    if len(instruction) != count:
-        raise ValueError(f"got {len(instruction)} instructions for {count} items")
-    return instruction
 
 
 class RandomEncoder:

@@ -115,7 +115,7 @@ class Retriever:
         import torch
 
         items = [as_item(x) for x in items]
-        instructions = _per_item(instruction, len(items))
+        instructions = per_item_instructions(instruction, len(items))
         prepared = []
         for position, (item, instr) in enumerate(zip(items, instructions)):
             try:
@@ -149,7 +149,8 @@ class Retriever:
         return np.asarray(queries, dtype=np.float32) @ np.asarray(candidates, dtype=np.float32).T
 
 
-def _per_item(instruction, count: int) -> list:
+def per_item_instructions(instruction, count: int) -> list:
+    """One instruction for every item, or a list with one per item (checked)."""
     if instruction is None or isinstance(instruction, str):
         return [instruction] * count
     instruction = list(instruction)
