@@ -27,13 +27,7 @@ def _register_commands() -> None:
     from importlib import import_module
 
     for name in _COMMAND_MODULES:
-        try:
-            module = import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:  # TEMPORARY while command modules are being written
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(app)
+        import_module(f"{__name__}.{name}").register(app)
 
 
 _register_commands()

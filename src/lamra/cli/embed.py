@@ -26,7 +26,8 @@ def embed(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Embed the good items and report the bad ones in "
                                                               "OUT.bad.jsonl, instead of stopping."),
     batch_size: int = typer.Option(64, help="Most items in one batch."),
-    max_batch_tokens: int = typer.Option(16384, help="Most padded tokens in one batch."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Most padded tokens in one batch "
+                                                              "(default: 16384 on GPU, 4096 on CPU)."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -44,7 +45,7 @@ def embed(
         raise typer.Exit(2)
     retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype)
     vectors = retriever.encode([item for item in good], instruction, batch_size=batch_size,
-                               max_batch_tokens=max_batch_tokens, show_progress=not quiet)
+                               max_batch_tokens=max_batch_tokens or "auto", show_progress=not quiet)
     written = save_embeddings(out, vectors, [item.id for item in good], retriever.fingerprint(), bad=bad)
     typer.echo(f"wrote {len(good)} vectors of dimension {vectors.shape[1]} to {written['vectors']}"
                + (f"; {len(bad)} bad line(s) reported in {written['bad']}" if bad else ""))

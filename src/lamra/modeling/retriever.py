@@ -20,7 +20,9 @@ from .pooling import gather_rows, l2_normalize, last_positions, positions_before
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_MAX_BATCH_TOKENS = 16384
+# Padded tokens per batch when max_batch_tokens="auto": GPUs like big batches; on CPUs smaller
+# ones stay in cache (measured in benchmarks/encode_throughput.py, docs/benchmarks.md).
+AUTO_MAX_BATCH_TOKENS = {"cuda": 16384, "cpu": 4096}
 
 
 class Retriever:
@@ -100,7 +102,7 @@ class Retriever:
         instruction: str | Sequence[str | None] | None = None,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | str | None = "auto",
         sort_by_length: bool = True,
         show_progress: bool = True,
         convert_to: str = "numpy",
@@ -110,7 +112,7 @@ class Retriever:
         ``instruction`` is one task instruction for all items (queries) or one per item;
         candidates take none. Batches are cut by ``max_batch_tokens`` padded tokens after
         sorting by length (``sort_by_length=False`` and ``max_batch_tokens=None`` give plain
-        fixed-size batches in input order).
+        fixed-size batches in input order). ``"auto"`` picks a budget for the device.
         """
         import torch
 
@@ -122,6 +124,8 @@ class Retriever:
                 prepared.append(self._prepare(item, instr))
             except InputError as exc:
                 raise exc.located(item=item.id if item.id is not None else f"#{position}") from None
+        if max_batch_tokens == "auto":
+            max_batch_tokens = AUTO_MAX_BATCH_TOKENS.get(self.backbone.device.type, AUTO_MAX_BATCH_TOKENS["cuda"])
         out = torch.empty((len(items), self.dim), dtype=torch.float32)
         batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length)
