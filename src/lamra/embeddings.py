@@ -53,11 +53,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (written with atomic_write_bytes)."""
     import io
 
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -69,7 +70,7 @@ def save_embeddings(out, vectors: np.ndarray, ids: list[str], fingerprint: dict[
         out = out.with_suffix(".npy")
     meta = {**fingerprint, "count": int(len(ids)), "ids": list(ids)}
     written = {"vectors": out, "meta": out.with_suffix(".json")}
-    atomic_write_bytes(out, _npy_bytes(np.ascontiguousarray(vectors, dtype=np.float32)))
+    atomic_write_bytes(out, npy_bytes(np.asarray(vectors, dtype=np.float32)))
     atomic_write_bytes(written["meta"], json.dumps(meta, ensure_ascii=False).encode())
     if bad:
         written["bad"] = out.with_suffix(".bad.jsonl")

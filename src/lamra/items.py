@@ -154,6 +154,23 @@ def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
         raise InputError(f"corrupt or truncated image: {path}: {exc}", **where) from None
 
 
+def image_size(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None):
+    """(width, height) from the header only, with the same checks and errors as :func:`load_image`."""
+    from PIL import Image
+
+    if _is_pil(image):
+        _check_pixels(image.size, pixel_limit, item=item, name="in-memory image")
+        return image.size
+    try:
+        with Image.open(image) as handle:
+            size = handle.size
+    except Exception:
+        load_image(image, pixel_limit=pixel_limit, item=item)  # raises the error that names the problem
+        raise
+    _check_pixels(size, pixel_limit, item=item, name=str(image))
+    return size
+
+
 def _check_pixels(size, limit, *, item, name):
     width, height = size
     if width * height > limit:

@@ -44,7 +44,9 @@ def format_text(text: str | None) -> str:
 
 def truncate_text(text: str | None, tokenizer: Any, max_tokens: int) -> str | None:
     """Cut ``text`` to at most ``max_tokens`` tokens of ``tokenizer`` (no-op when shorter)."""
-    if not text:
+    # Every token covers at least one byte, and NFC normalisation at most triples the UTF-8
+    # bytes (UAX #15), so a text this short cannot exceed the limit: skip tokenizing it.
+    if not text or 3 * len(text.encode("utf-8")) <= max_tokens:
         return text
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= max_tokens:

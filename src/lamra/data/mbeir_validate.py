@@ -101,6 +101,15 @@ class _Validator:
             if not self.layout.image(value).is_file():
                 self.problem(path, number, key, f"image file not found: {value} (relative to the M-BEIR root)", item)
 
+    def unique(self, seen: dict[str, int], value: str | None, path: Path, number: int, field: str) -> None:
+        """Record where ``value`` first appears; report it when it appears again."""
+        if value is None:
+            return
+        if value in seen:
+            self.problem(path, number, field, f"duplicate {field} (first on line {seen[value]})", value)
+        else:
+            seen[value] = number
+
     # -- files ---------------------------------------------------------------------------------
 
     def pool(self, path: Path) -> set[str]:
@@ -111,11 +120,7 @@ class _Validator:
             for key, message in candidate_problems(record):
                 self.problem(path, number, key, message, did)
             self.image(path, number, did, "img_path", record.get("img_path"), record.get("modality"))
-            if did is not None:
-                if did in seen:
-                    self.problem(path, number, "did", f"duplicate did (first on line {seen[did]})", did)
-                else:
-                    seen[did] = number
+            self.unique(seen, did, path, number, "did")
         return set(seen)
 
     def queries(self, path: Path, pools: list[tuple[str, set[str]]], task: Task | None) -> dict[str, int]:
@@ -126,11 +131,7 @@ class _Validator:
             for key, message in query_problems(record):
                 self.problem(path, number, key, message, qid)
             self.image(path, number, qid, "query_img_path", record.get("query_img_path"), record.get("query_modality"))
-            if qid is not None:
-                if qid in seen:
-                    self.problem(path, number, "qid", f"duplicate qid (first on line {seen[qid]})", qid)
-                else:
-                    seen[qid] = number
+            self.unique(seen, qid, path, number, "qid")
             if task is not None:
                 self._task_fields(path, number, qid, record, task)
             for key in ("pos_cand_list", "neg_cand_list"):

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..index.files import file_sha256 as sha256_of_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,12 @@ class Encoder(Protocol):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file, read in 1 MiB blocks; memoised on (path, size, mtime)."""
+    """Content hash of a file, memoised on (path, size, mtime)."""
     path = Path(path)
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[memo] = digest.hexdigest()
+        _HASHES[memo] = sha256_of_file(path)
     return _HASHES[memo]
 
 

@@ -9,14 +9,13 @@ of giving wrong results.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..embeddings import atomic_write_bytes
+from ..embeddings import atomic_write_bytes, npy_bytes  # noqa: F401 (re-exported for build.py)
 from ..errors import InputError
 
 MANIFEST = "manifest.json"
@@ -32,12 +31,6 @@ def write_file(folder: Path, name: str, data: bytes) -> dict:
     """Write ``folder/name`` atomically; return its manifest entry (path, bytes, sha256)."""
     atomic_write_bytes(folder / name, data)
     return {"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:
@@ -56,14 +49,25 @@ def check_size(folder: Path, entry: dict) -> Path:
     return path
 
 
-def verify_file(folder: Path, entry: dict) -> Path:
-    """Check size and sha256 of a manifest entry's file (reads the whole file)."""
-    path = check_size(folder, entry)
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in large blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(_READ_BLOCK):
             digest.update(block)
-    if digest.hexdigest() != entry["sha256"]:
+    return digest.hexdigest()
+
+
+def describe_file(folder: Path, name: str) -> dict:
+    """The manifest entry (path, bytes, sha256) of a file already written in ``folder``."""
+    path = folder / name
+    return {"path": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def verify_file(folder: Path, entry: dict) -> Path:
+    """Check size and sha256 of a manifest entry's file (reads the whole file)."""
+    path = check_size(folder, entry)
+    if file_sha256(path) != entry["sha256"]:
         raise CorruptIndexError("index file does not match the checksum in the manifest (corrupt); "
                                 "rebuild the index", file=str(path))
     return path

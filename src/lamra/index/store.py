@@ -267,7 +267,7 @@ class Index:
             name = f"backend-{len(entries):05d}.faiss"
             self._searcher.save(folder / f".{name}.tmp")
             os.replace(folder / f".{name}.tmp", folder / name)
-            manifest["backend_file"] = _describe(folder, name)
+            manifest["backend_file"] = files.describe_file(folder, name)
         files.write_manifest(folder, manifest)
         self.manifest = manifest
         if not fresh and old_backend and old_backend["path"] != manifest.get("backend_file", {}).get("path"):
@@ -339,17 +339,7 @@ def write_npy(folder: Path, name: str, array: np.ndarray) -> dict:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    return _describe(folder, name)
-
-
-def _describe(folder: Path, name: str) -> dict:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(folder / name, "rb") as handle:
-        while block := handle.read(64 * 1024 * 1024):
-            digest.update(block)
-    return {"path": name, "bytes": (folder / name).stat().st_size, "sha256": digest.hexdigest()}
+    return files.describe_file(folder, name)
 
 
 def _line_offsets(path: Path) -> np.ndarray:

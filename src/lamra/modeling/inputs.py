@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ..backbone import Backbone
-from ..items import load_image
+from ..items import image_size, load_image
 
 
 @dataclass
@@ -24,7 +23,7 @@ def tokenize_prompt(backbone: Backbone, text: str, images: list, *, pixel_limit:
 
     Only image headers are read here (for their size); pixels are decoded at batch time.
     """
-    sizes = [image_size(image, pixel_limit, item_id) for image in images]
+    sizes = [image_size(image, pixel_limit=pixel_limit, item=item_id) for image in images]
     ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
     image_token = backbone.image_token_id
     counts = iter(backbone.image_token_count(size) for size in sizes)
@@ -64,21 +63,3 @@ def last_hidden_states(backbone: Backbone, inputs: dict):
     with torch.inference_mode():
         return backbone.language_model()(**inputs, use_cache=False).last_hidden_state, inputs
 
-
-def image_size(image, pixel_limit: int, item_id) -> tuple[int, int]:
-    """Width and height from the header only; a bad file raises load_image's precise error."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.size
-    path = str(image)
-    try:
-        if os.path.isfile(path) and os.path.getsize(path) > 0:
-            with Image.open(path) as handle:
-                size = handle.size
-            if size[0] * size[1] <= pixel_limit and 0 not in size:
-                return size
-    except Exception:
-        pass
-    load_image(image, pixel_limit=pixel_limit, item=item_id)  # raises the error that names the problem
-    raise AssertionError(f"unreachable: {path} opened only on the second try")  # pragma: no cover
