@@ -26,11 +26,19 @@ PIC = Path("picture.jpg")
          IMG + "Find a caption for the news in the given photo.\nSummarize above image and sentence in one word: "),
         ("who won the race?", "Retrieve passages.",
          "Retrieve passages. who won the race?\nSummarize above sentence in one word: "),
-        (Item(images=[PIC, PIC, PIC]), None, IMG * 3 + "\nSummarize above image in one word: "),
+        # Several images: the official multi-image form, raw texts, plural wording.
+        (Item(images=[PIC, PIC, PIC]), None, IMG * 3 + "\nSummarize above images and sentences in one word: "),
         (Item(text="a clip", images=[PIC, PIC]), None,
-         IMG * 2 + "A clip.\nSummarize above image and sentence in one word: "),
+         IMG * 2 + "a clip\nSummarize above images and sentences in one word: "),
         (Item.interleaved(["before", PIC, "after", PIC]), None,
-         "Before." + IMG + "After." + IMG + "\nSummarize above image and sentence in one word: "),
+         "before" + IMG + "after" + IMG + "\nSummarize above images and sentences in one word: "),
+        # Visual Storytelling as the official code renders it: task text, caption_i, image_i, ..., caption_n.
+        (Item.interleaved(["the family went out", PIC, "they ate cake", PIC, "then they slept"]),
+         "I will provide you with a series of images and captions from a story, and I need you to retrieve the "
+         "image corresponding to the last caption.",
+         "I will provide you with a series of images and captions from a story, and I need you to retrieve the "
+         "image corresponding to the last caption.the family went out" + IMG + "they ate cake" + IMG
+         + "then they slept\nSummarize above images and sentences in one word: "),
     ],
 )
 def test_rendered_prompt_matches_spec(item, instruction, user):

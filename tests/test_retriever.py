@@ -9,6 +9,7 @@ import pytest
 
 from lamra import Item, Retriever
 from lamra.backbone import Backbone
+from lamra.processor import LamraProcessor
 
 
 def mixed_items(image_files):
@@ -54,14 +55,6 @@ def test_invariant_to_batch_size_order_and_padding(tiny_retriever, image_files):
     np.testing.assert_allclose(plain, reference, atol=1e-5)
 
 
-def test_cut_prompt_gives_the_same_vector_as_pooling_before_emb(tiny_checkpoint, image_files):
-    items = mixed_items(image_files)
-    cut = Retriever.from_pretrained(tiny_checkpoint, device="cpu")
-    full = Retriever.from_pretrained(tiny_checkpoint, device="cpu", cut_at_emb=False)
-    assert len(full.tokenize(items[0])) > len(cut.tokenize(items[0]))
-    np.testing.assert_allclose(encode(cut, items), encode(full, items), atol=1e-5)
-
-
 def test_instruction_changes_query_vector(tiny_retriever):
     plain = encode(tiny_retriever, ["a cat"])
     with_instruction = encode(tiny_retriever, ["a cat"], instruction="Find an image.")
@@ -78,9 +71,8 @@ def test_saved_then_reloaded_model_gives_same_vectors(tmp_path, small_tokenizer,
     # The same weights in memory, never saved: built again from the seed.
     tokenizer = small_tokenizer.__class__.from_pretrained(folder)
     tokenizer.add_tokens(["<emb>"])
-    in_memory = Retriever(Backbone(model=tiny_model(small_tokenizer, seed=3), tokenizer=tokenizer,
-                                   image_processor=image_processor(),
-                                   emb_token_id=tokenizer.convert_tokens_to_ids("<emb>"), model_id="memory"))
+    in_memory = Retriever(Backbone(model=tiny_model(small_tokenizer, seed=3),
+                                   processor=LamraProcessor(tokenizer, image_processor()), model_id="memory"))
     reloaded = Retriever.from_pretrained(folder, device="cpu")
     items = mixed_items(image_files)
     np.testing.assert_allclose(encode(reloaded, items), encode(in_memory, items), atol=1e-5)
@@ -100,9 +92,7 @@ def test_lora_adapter_saved_reloaded_and_merged(tmp_path, tiny_checkpoint, image
     torch.manual_seed(0)
     peft_model = get_peft_model(base.backbone.model, config)
     peft_model.eval()
-    trained = Retriever(Backbone(model=peft_model, tokenizer=base.backbone.tokenizer,
-                                 image_processor=base.backbone.image_processor,
-                                 emb_token_id=base.backbone.emb_token_id, model_id="memory"))
+    trained = Retriever(Backbone(model=peft_model, processor=base.processor, model_id="memory"))
     expected = encode(trained, items)
     assert np.abs(expected - base_vectors).max() > 1e-3  # the adapter really changes the vectors
     peft_model.save_pretrained(tmp_path / "adapter")

@@ -1,13 +1,15 @@
-"""The only module that knows model classes, processors, dtypes, devices, the ``<emb>`` token
-and transformers-version quirks. Everything else talks to a :class:`Backbone`.
+"""The only module that knows model classes, dtypes, devices, the ``<emb>`` token, which modules
+train, and transformers-version quirks. Everything else talks to a :class:`Backbone`.
 
 Tested with transformers 5.x. Notes on the quirks handled here:
 
 - Qwen2-VL's combined ``Qwen2VLProcessor`` insists on a video processor, which needs
-  torchvision; lamra uses the tokenizer and the PIL image processor directly and expands the
-  ``<|image_pad|>`` placeholders itself (video frames are embedded as a list of images).
-- transformers 5 computes M-RoPE positions from ``mm_token_type_ids`` (1 on image tokens), which
-  the processor used to return; :meth:`Backbone.model_inputs` builds it.
+  torchvision; lamra uses the tokenizer and the PIL image processor directly (see
+  processor.py) and patches video frames itself (video.py).
+- Positions: transformers computes Qwen2-VL's 3-D M-RoPE when it is given
+  ``mm_token_type_ids`` and no ``position_ids``. The released LamRA-Ret used plain 1-D
+  positions (spec 2), so the processor passes explicit ``position_ids`` in "1d" mode and
+  :meth:`Backbone.hidden_states` hands them through untouched.
 - The PIL image processor is used even where torchvision exists: it is the processor the
   LamRA checkpoints were trained with (transformers 4.45 had no torchvision one).
 """
@@ -20,31 +22,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .processor import LamraProcessor
 from .prompts import EMB_TOKEN
+from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelSettings
 
 logger = logging.getLogger(__name__)
-
-IMAGE_PAD = "<|image_pad|>"
-DEFAULT_MAX_PIXELS = 300 * 28 * 28  # LamRA's cap (spec section 2)
-DEFAULT_MIN_PIXELS = 56 * 56
 
 _MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
 }
+# Inputs the language model takes; anything else a collator adds (labels, ids) is not for it.
+_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw",
+                 "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
 
 
 @dataclass
 class Backbone:
-    """A loaded multimodal LM ready to encode: model, tokenizer, image processor, ``<emb>`` id."""
+    """A loaded multimodal LM and its processor: model, tokenizer, image processor, ``<emb>`` id."""
 
     model: Any
-    tokenizer: Any
-    image_processor: Any
-    emb_token_id: int
+    processor: LamraProcessor
     model_id: str
     adapter_id: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self):
+        return self.processor.image_processor
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.processor.settings
+
+    @property
+    def emb_token_id(self) -> int:
+        return self.processor.emb_token_id
 
     @property
     def device(self):
@@ -62,48 +79,93 @@ class Backbone:
 
     @property
     def image_token_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        return self.processor.image_token_id
 
     @property
     def merge_size(self) -> int:
-        return int(self.image_processor.merge_size)
+        return self.processor.merge_size
+
+    def base_model(self):
+        """The transformers model under any peft wrapper."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def language_model(self):
         """The transformer that returns hidden states (``Qwen2VLModel``), LoRA layers included."""
-        model = self.model
-        if hasattr(model, "get_base_model"):  # a peft.PeftModel
-            model = model.get_base_model()
-        return model.model
+        return self.base_model().model
 
     def output_head(self):
         """The LM head (hidden state -> vocabulary logits), for answers such as "Yes" / "No"."""
-        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return model.get_output_embeddings()
+        return self.base_model().get_output_embeddings()
 
     def image_token_count(self, size: tuple[int, int]) -> int:
-        """How many ``<|image_pad|>`` tokens an image of (width, height) becomes."""
-        height, width = _smart_resize_hw(size, self.image_processor)
-        patch = int(self.image_processor.patch_size)
-        return (height // patch) * (width // patch) // (self.merge_size**2)
+        return self.processor.image_token_count(size)
 
     def pixel_inputs(self, images: list) -> dict:
-        """Pixel patches and grids for RGB PIL images, in order."""
-        out = self.image_processor(images=images, return_tensors="pt")
-        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+        return self.processor.pixel_inputs(images)
+
+    def hidden_states(self, inputs: dict):
+        """Last hidden states (B, L, H) for collated inputs, on the model's device.
+
+        Follows the caller's gradient mode (training and inference share this forward);
+        ``position_ids`` from the processor are used as given (1-D mode), else the model
+        computes M-RoPE from ``mm_token_type_ids``.
+        """
+        device, dtype = self.device, self.dtype
+        batch = {k: v.to(device) for k, v in inputs.items() if k in _MODEL_INPUTS}
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in batch:
+                batch[key] = batch[key].to(dtype)
+        return self.language_model()(**batch, use_cache=False).last_hidden_state
 
     def fingerprint(self) -> dict:
         """What identifies the vectors this backbone makes (stored with every artefact)."""
         return {"model": self.model_id, "adapter": self.adapter_id}
 
+    # -- training ---------------------------------------------------------------------------
 
-def _smart_resize_hw(size: tuple[int, int], image_processor) -> tuple[int, int]:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    def add_lora(self, *, r: int = 64, alpha: int = 128, dropout: float = 0.05, train_vision: bool = False,
+                 full: bool = False) -> None:
+        """Make the model trainable: a fresh LoRA on every linear layer of the language model
+        (LamRA's recipe, spec 1), the vision tower and merger frozen unless ``train_vision``;
+        ``full`` trains every language-model weight instead of a LoRA."""
+        from peft import LoraConfig, get_peft_model
 
-    width, height = size
-    factor = int(image_processor.patch_size) * int(image_processor.merge_size)
-    pixels = image_processor.size
-    return smart_resize(height, width, factor=factor, min_pixels=pixels["shortest_edge"],
-                        max_pixels=pixels["longest_edge"])
+        network = self.base_model()
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        if full:
+            for parameter in self.language_model().language_model.parameters():
+                parameter.requires_grad_(True)
+        else:
+            config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                                target_modules=language_model_linear_names(network))
+            self.model = get_peft_model(network, config)
+        if train_vision:
+            for parameter in self.language_model().visual.parameters():
+                parameter.requires_grad_(True)
+
+    def trainable_parameters(self) -> list:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> "Backbone":
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> "Backbone":
+        return self.train(False)
+
+
+def language_model_linear_names(network) -> list[str]:
+    """Full names of every ``nn.Linear`` in the language model (not the vision tower, not the head)."""
+    import torch
+
+    names = []
+    for name, module in network.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".language_model." in f".{name}":
+            names.append(name)
+    if not names:
+        raise ValueError("found no linear layers under a 'language_model' module: unknown architecture")
+    return names
 
 
 def default_device() -> str:
@@ -183,41 +245,45 @@ def load_backbone(
     device: str | None = None,
     dtype: Any = None,
     attn_implementation: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    settings: ModelSettings | None = None,
     revision: str | None = None,
 ) -> Backbone:
     """Load a Qwen2-VL (or Qwen2.5-VL) checkpoint from a hub id or a local folder.
 
-    ``lora`` is a peft adapter folder put on top (``merge_lora`` folds it into the weights).
+    ``lora`` is a peft adapter folder put on top (``merge_lora`` folds it into the weights);
+    ``settings`` sets pixels, positions and token caps (:class:`ModelSettings`).
     """
     import torch
 
+    try:  # TODO(lead): plain import once checkpoints.py lands
+        from .checkpoints import check_adapter_source, check_model_source
+    except ImportError:
+        check_adapter_source = check_model_source = lambda _: None
+    check_model_source(model)
+    if lora is not None:
+        check_adapter_source(lora)
     model_path = str(model)
     hub_kwargs = {"revision": revision} if revision else {}
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attn_implementation, device, torch_dtype)
 
-    tokenizer = load_tokenizer(model_path, **hub_kwargs)
-    image_processor = load_image_processor(model_path, max_pixels=max_pixels, **hub_kwargs)
+    processor = LamraProcessor.from_pretrained(model_path, settings, **hub_kwargs)
     model_class = _model_class(model_path, hub_kwargs)
     logger.info("loading %s (%s, %s, attention=%s)", model_path, device, torch_dtype, attention)
     network = model_class.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attention,
                                           **hub_kwargs)
-    emb_token_id = tokenizer.convert_tokens_to_ids(EMB_TOKEN)
-    if network.get_input_embeddings().weight.shape[0] <= emb_token_id:
+    if network.get_input_embeddings().weight.shape[0] <= processor.emb_token_id:
         # Released LamRA checkpoints were saved with the vocabulary resized to include <emb>;
         # a raw Qwen2-VL has padding rows, so this only runs for a smaller vocabulary.
-        network.resize_token_embeddings(len(tokenizer))
+        network.resize_token_embeddings(len(processor.tokenizer))
     if lora is not None:
         network = attach_lora(network, lora, merge=merge_lora)
     network.to(device)
     network.eval()
     return Backbone(
         model=network,
-        tokenizer=tokenizer,
-        image_processor=image_processor,
-        emb_token_id=emb_token_id,
+        processor=processor,
         model_id=_model_id(model_path),
         adapter_id=None if lora is None else _model_id(str(lora)) + ("+merged" if merge_lora else ""),
     )

@@ -5,7 +5,8 @@ An item is an ordered list of parts, each a text string or an image. The usual k
 - ``Item(text="a red car")``                      text only
 - ``Item(images=[img])``                          image only (a PIL image or a path)
 - ``Item(text="...", images=[img])``              image + text (images come first, as in LamRA)
-- ``Item(images=[f1, f2, f3])``                   several images or the frames of a video
+- ``Item(images=[f1, f2, f3])``                   several images (the official multi-image form)
+- ``Item(video="clip.mp4")`` / ``Item(video=[f1, f2, f3, f4])``  a video file or its frames
 - ``Item.interleaved(["Before:", img1, "After:", img2])``  text and images in a given order
 
 Plain Python values are accepted wherever items are: a ``str`` is text, a ``pathlib.Path``
@@ -38,10 +39,15 @@ class Item:
     parts: tuple = ()
     id: str | None = None
 
-    def __init__(self, text: str | None = None, images: Iterable[ImageLike] = (), id: str | None = None):
+    def __init__(self, text: str | None = None, images: Iterable[ImageLike] = (), id: str | None = None,
+                 video: Any = None):
         if isinstance(images, (str, os.PathLike)) or _is_pil(images):
             images = [images]
         parts = [*images]
+        if video is not None:
+            from .video import Video
+
+            parts.append(video if isinstance(video, Video) else Video.from_value(video))
         if text is not None and text != "":
             parts.append(text)
         object.__setattr__(self, "parts", tuple(parts))
@@ -61,18 +67,32 @@ class Item:
 
     @property
     def images(self) -> list:
-        return [p for p in self.parts if not isinstance(p, str)]
+        return [p for p in self.parts if not isinstance(p, str) and not is_video(p)]
+
+    @property
+    def videos(self) -> list:
+        return [p for p in self.parts if is_video(p)]
 
     @property
     def modality(self) -> str:
-        """M-BEIR's modality names: "text", "image" or "image,text"."""
-        has_text, has_image = self.text is not None, bool(self.images)
-        if has_text and has_image:
-            return "image,text"
-        return "image" if has_image else "text"
+        """M-BEIR's modality names: "text", "image" or "image,text" ("video" for videos)."""
+        has_text = self.text is not None
+        visual = "video" if self.videos else ("image" if self.images else None)
+        if has_text and visual:
+            return f"{visual},text"
+        return visual or "text"
 
     def is_empty(self) -> bool:
         return not self.parts or all(isinstance(p, str) and not p.strip() for p in self.parts)
+
+
+def is_video(part: Any) -> bool:
+    """Whether an item part is a :class:`lamra.video.Video`."""
+    if isinstance(part, (str, os.PathLike)) or _is_pil(part):
+        return False
+    from .video import Video
+
+    return isinstance(part, Video)
 
 
 def _is_pil(value: Any) -> bool:
@@ -114,7 +134,18 @@ def _item_from_dict(record: dict, *, base_dir) -> Item:
             if not isinstance(v, str) and not _is_pil(v) and not isinstance(v, os.PathLike):
                 raise InputError(f"must be a path string, got {type(v).__name__}", item=item_id, field=field)
             images.append(_resolve(v, base_dir))
-    return Item(text=text, images=images, id=item_id)
+    video = record.get("video")
+    if video is not None and video != "":
+        frames = video if isinstance(video, list) else None
+        if frames is None and not isinstance(video, (str, os.PathLike)):
+            raise InputError(f"must be a path string or a list of frame paths, got {type(video).__name__}",
+                             item=item_id, field="video")
+        if frames is not None and not all(isinstance(f, (str, os.PathLike)) or _is_pil(f) for f in frames):
+            raise InputError("a list of frames must hold path strings", item=item_id, field="video")
+        video = [_resolve(f, base_dir) for f in frames] if frames is not None else _resolve(video, base_dir)
+    else:
+        video = None
+    return Item(text=text, images=images, id=item_id, video=video)
 
 
 def _resolve(path, base_dir):

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .items import Item, as_item
+from .items import Item, as_item, is_video
 
 # Bump when anything below changes the vectors a model produces: stored embeddings and
-# indexes carry it and refuse to mix with another version.
-PROMPT_FORMAT_VERSION = "lamra-ret-1"
+# indexes carry it and refuse to mix with another version. (2: 1-D positions, the official
+# truncation, the multi-image and video forms.)
+PROMPT_FORMAT_VERSION = "lamra-ret-2"
 
 EMB_TOKEN = "<emb>"
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 ASSISTANT_START = "<|im_start|>assistant\n"
 
 SUMMARIZE_TEXT = "\nSummarize above sentence in one word: "
 SUMMARIZE_IMAGE = "\nSummarize above image in one word: "
 SUMMARIZE_IMAGE_TEXT = "\nSummarize above image and sentence in one word: "
+SUMMARIZE_VIDEO = "\nSummarize above video in one word: "
+SUMMARIZE_VIDEO_TEXT = "\nSummarize above video and sentence in one word: "
+SUMMARIZE_MULTI = "\nSummarize above images and sentences in one word: "
 EMB_ANSWER = f"{EMB_TOKEN}."
+# What follows the pooled position in the full prompt (cut off at inference, spec 2).
+EMB_TAIL = f"{EMB_ANSWER}<|im_end|>\n{ASSISTANT_START}"
 
+# Training-time text cuts of the official code (spec 2): formatted text, tokenized and decoded.
 MAX_RETRIEVAL_TEXT_TOKENS = 480
 MAX_RERANK_TEXT_TOKENS = 256
 
@@ -43,7 +51,11 @@ def format_text(text: str | None) -> str:
 
 
 def truncate_text(text: str | None, tokenizer: Any, max_tokens: int) -> str | None:
-    """Cut ``text`` to at most ``max_tokens`` tokens of ``tokenizer`` (no-op when shorter)."""
+    """Cut ``text`` to at most ``max_tokens`` tokens of ``tokenizer`` (tokenize, cut, decode).
+
+    The official training rule for formatted texts (480 tokens for retrieval, 256 for
+    reranking); inference never calls it.
+    """
     # Every token covers at least one byte, and NFC normalisation at most triples the UTF-8
     # bytes (UAX #15), so a text this short cannot exceed the limit: skip tokenizing it.
     if not text or 3 * len(text.encode("utf-8")) <= max_tokens:
@@ -54,54 +66,63 @@ def truncate_text(text: str | None, tokenizer: Any, max_tokens: int) -> str | No
     return tokenizer.decode(ids[:max_tokens])
 
 
-def user_content(item: Any, instruction: str | None = None, *, truncate: Callable[[str], str] | None = None) -> list[dict]:
+def training_text_rule(tokenizer: Any, max_tokens: int = MAX_RETRIEVAL_TEXT_TOKENS) -> Callable[[str], str]:
+    """``format`` then the official training cut: what the released training fed the model."""
+    return lambda text: truncate_text(format_text(text), tokenizer, max_tokens)
+
+
+def is_multi_part(item: Item) -> bool:
+    """Several images, or text and images interleaved: the official multi-image form."""
+    images = [p for p in item.parts if not isinstance(p, str) and not is_video(p)]
+    texts = [p for p in item.parts if isinstance(p, str)]
+    return len(images) >= 2 or len(texts) >= 2
+
+
+def _media(part: Any) -> dict:
+    return {"type": "video", "video": part} if is_video(part) else {"type": "image", "image": part}
+
+
+def user_content(item: Any, instruction: str | None = None, *,
+                 prepare_text: Callable[[str], str] = format_text) -> list[dict]:
     """The user turn's content list for an item, in the Qwen2-VL message format.
 
-    Queries pass their task ``instruction``; candidates pass none. Text is
-    ``format(f"{instruction} {text}")``; an image-only query becomes image + instruction.
+    Queries pass their task ``instruction``; candidates pass none. The paper's kinds:
+    media (image or video) first, then ``prepare_text(f"{instruction} {text}")`` (``format``
+    at inference; format + the 480-token cut in training), then the kind's suffix. Items with
+    several images or several texts take the official multi-image form (Visual Storytelling):
+    the instruction, then the parts in order, all raw, then the plural suffix.
     """
     item = as_item(item)
-    text_parts = [p for p in item.parts if isinstance(p, str)]
-    truncate = truncate or (lambda s: s)
-    content: list[dict] = []
-    if len(text_parts) <= 1:
-        # The three kinds of the paper: images first, then one text.
-        text = truncate(text_parts[0]) if text_parts else ""
-        text = format_text(f"{instruction} {text}" if instruction else text)
-        content = [{"type": "image", "image": img} for img in item.images]
-        if text:
-            content.append({"type": "text", "text": text})
-    else:
-        # Interleaved text and images keep their order; each text part is formatted.
-        if instruction:
-            content.append({"type": "text", "text": format_text(instruction)})
-        for part in item.parts:
-            if isinstance(part, str):
-                content.append({"type": "text", "text": format_text(truncate(part))})
-            else:
-                content.append({"type": "image", "image": part})
-    has_text = any(c["type"] == "text" for c in content)
-    has_image = any(c["type"] == "image" for c in content)
-    if has_text and has_image:
-        suffix = SUMMARIZE_IMAGE_TEXT
-    elif has_image:
-        suffix = SUMMARIZE_IMAGE
+    if is_multi_part(item):
+        content = [{"type": "text", "text": instruction}] if instruction else []
+        content += [{"type": "text", "text": p} if isinstance(p, str) else _media(p) for p in item.parts]
+        content.append({"type": "text", "text": SUMMARIZE_MULTI})
+        return content
+    text = item.text or ""
+    text = prepare_text(f"{instruction} {text}" if instruction else text)
+    content = [_media(p) for p in item.parts if not isinstance(p, str)]
+    has_video = any(c["type"] == "video" for c in content)
+    if content and text:
+        suffix = SUMMARIZE_VIDEO_TEXT if has_video else SUMMARIZE_IMAGE_TEXT
+    elif content:
+        suffix = SUMMARIZE_VIDEO if has_video else SUMMARIZE_IMAGE
     else:
         suffix = SUMMARIZE_TEXT
-    # The suffix joins the last text (no separator in the chat template), as in LamRA.
-    if content and content[-1]["type"] == "text":
-        content[-1] = {"type": "text", "text": content[-1]["text"] + suffix}
-    else:
-        content.append({"type": "text", "text": suffix})
+    # The suffix joins the text (no separator in the chat template), as in LamRA.
+    content.append({"type": "text", "text": text + suffix})
     return content
 
 
-def embedding_messages(item: Any, instruction: str | None = None, *, truncate=None) -> list[dict]:
+def embedding_messages(item: Any, instruction: str | None = None, *,
+                       prepare_text: Callable[[str], str] = format_text) -> list[dict]:
     """The chat messages of LamRA-Ret for ``item``: user content, then the ``<emb>.`` answer."""
     return [
-        {"role": "user", "content": user_content(item, instruction, truncate=truncate)},
+        {"role": "user", "content": user_content(item, instruction, prepare_text=prepare_text)},
         {"role": "assistant", "content": [{"type": "text", "text": EMB_ANSWER}]},
     ]
+
+
+_PLACEHOLDERS = {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
 
 
 def render_chat(messages: list[dict], *, add_generation_prompt: bool = True) -> str:
@@ -116,28 +137,24 @@ def render_chat(messages: list[dict], *, add_generation_prompt: bool = True) -> 
             out.append(content)
         else:
             for part in content:
-                out.append(IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"])
+                out.append(_PLACEHOLDERS[part["type"]] if part["type"] in _PLACEHOLDERS else part["text"])
         out.append("<|im_end|>\n")
     if add_generation_prompt:
         out.append(ASSISTANT_START)
     return "".join(out)
 
 
-def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool = False, truncate=None) -> str:
+def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool = False,
+                  prepare_text: Callable[[str], str] = format_text) -> str:
     """The exact text the model reads for ``item`` (images appear as vision placeholders).
 
     With ``cut_at_emb`` the text stops right before ``<emb>``: under causal attention the
     hidden state there is the same, so encoding uses this shorter form (spec section 2).
     """
-    text = render_chat(embedding_messages(item, instruction, truncate=truncate))
+    text = render_chat(embedding_messages(item, instruction, prepare_text=prepare_text))
     if cut_at_emb:
         text = text[: text.index(EMB_TOKEN)]
     return text
-
-
-def item_images(item: Any) -> list:
-    """The images of ``item`` in the order the prompt shows them."""
-    return as_item(item).images
 
 
 # -- LamRA-Rank (spec section 3) -------------------------------------------------------------

@@ -10,12 +10,12 @@ import numpy as np
 
 from ..backbone import Backbone, load_backbone
 from ..errors import InputError
-from ..items import DEFAULT_IMAGE_PIXEL_LIMIT, Item, as_item
+from ..items import as_item
 from ..progress import progress_bar
-from ..prompts import MAX_RETRIEVAL_TEXT_TOKENS, PROMPT_FORMAT_VERSION, render_prompt, truncate_text
+from ..prompts import PROMPT_FORMAT_VERSION, render_prompt
+from ..settings import ModelSettings
 from .batching import plan_batches, prefetch
-from .inputs import PromptInput, collate, last_hidden_states, tokenize_prompt
-from .pooling import gather_rows, l2_normalize, last_positions, positions_before_token
+from .pooling import gather_rows, l2_normalize, last_positions
 
 logger = logging.getLogger(__name__)
 
@@ -26,25 +26,17 @@ AUTO_MAX_BATCH_TOKENS = {"cuda": 16384, "cpu": 4096}
 
 
 class Retriever:
-    """Embeds text, images, image+text, several images or video frames into one space.
+    """Embeds text, images, image+text, several images or a video into one space.
 
     >>> retriever = Retriever.from_pretrained("path/or/hub-id", lora="adapter/")
     >>> vectors = retriever.encode(["a red car", Path("car.jpg")])   # (2, D) float32, unit norm
+
+    :meth:`embed` is the one forward (training, evaluation and the server all call it);
+    :meth:`encode` wraps it with batching, inference mode and numpy.
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        *,
-        max_text_tokens: int = MAX_RETRIEVAL_TEXT_TOKENS,
-        cut_at_emb: bool = True,
-        image_pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT,
-    ):
+    def __init__(self, backbone: Backbone):
         self.backbone = backbone
-        self.max_text_tokens = max_text_tokens
-        # Cutting the prompt before <emb> gives the same vector with fewer tokens (spec 2).
-        self.cut_at_emb = cut_at_emb
-        self.image_pixel_limit = image_pixel_limit
 
     @classmethod
     def from_pretrained(
@@ -56,14 +48,28 @@ class Retriever:
         device: str | None = None,
         dtype: Any = None,
         attn_implementation: str | None = None,
-        **kwargs,
+        settings: ModelSettings | None = None,
+        **setting_overrides,
     ) -> "Retriever":
-        """Load a Qwen2-VL checkpoint (hub id or folder), optionally with a LoRA adapter."""
+        """Load a Qwen2-VL checkpoint (hub id or folder), optionally with a LoRA adapter.
+
+        ``settings`` (or single fields as keywords, e.g. ``max_pixels=...``) set pixels,
+        positions and token caps; see :class:`lamra.settings.ModelSettings`.
+        """
+        settings = (settings or ModelSettings()).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
-                                 attn_implementation=attn_implementation)
-        return cls(backbone, **kwargs)
+                                 attn_implementation=attn_implementation, settings=settings)
+        return cls(backbone)
 
     # -- what the model reads -------------------------------------------------------------
+
+    @property
+    def processor(self):
+        return self.backbone.processor
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.backbone.settings
 
     @property
     def dim(self) -> int:
@@ -74,27 +80,29 @@ class Retriever:
         return PROMPT_FORMAT_VERSION
 
     def fingerprint(self) -> dict:
-        """Model, adapter, prompt format and dimension: stored with every artefact."""
-        return {**self.backbone.fingerprint(), "prompt_format": PROMPT_FORMAT_VERSION, "dim": self.dim}
-
-    def _truncate(self, text: str) -> str:
-        return truncate_text(text, self.backbone.tokenizer, self.max_text_tokens)
+        """Model, adapter, prompt format, dimension and every setting that changes vectors."""
+        return {**self.backbone.fingerprint(), "prompt_format": PROMPT_FORMAT_VERSION, "dim": self.dim,
+                "settings": self.settings.fingerprint()}
 
     def prompt(self, item: Any, instruction: str | None = None) -> str:
         """The exact chat text the model reads for ``item`` (full LamRA form, with ``<emb>``)."""
-        return render_prompt(item, instruction, truncate=self._truncate)
+        return render_prompt(item, instruction)
 
     def tokenize(self, item: Any, instruction: str | None = None) -> list[int]:
-        """Token ids fed to the model, image placeholders expanded to each image's size."""
-        return self._prepare(as_item(item), instruction).input_ids
+        """Token ids fed to the model (cut before ``<emb>``), vision placeholders expanded."""
+        return self.processor.embedding_input(item, instruction).input_ids
 
-    def _prepare(self, item: Item, instruction: str | None) -> PromptInput:
-        if item.is_empty() and not instruction:
-            raise InputError("empty item: it has no text and no image", item=item.id, field="text")
-        text = render_prompt(item, instruction, cut_at_emb=self.cut_at_emb, truncate=self._truncate)
-        return tokenize_prompt(self.backbone, text, item.images, pixel_limit=self.image_pixel_limit, item_id=item.id)
+    # -- the forward --------------------------------------------------------------------------
 
-    # -- encoding ---------------------------------------------------------------------------
+    def embed(self, inputs: dict):
+        """Unit vectors (B, D) for a collated batch, on the model's device, in float32.
+
+        Follows the caller's gradient mode: training calls it with gradients, :meth:`encode`
+        under inference mode. The pooled state is each row's last token (the prompt ends just
+        before ``<emb>``, or at the ``max_tokens`` cut).
+        """
+        hidden = self.backbone.hidden_states(inputs)
+        return l2_normalize(gather_rows(hidden, last_positions(inputs["attention_mask"])))
 
     def encode(
         self,
@@ -121,7 +129,7 @@ class Retriever:
         prepared = []
         for position, (item, instr) in enumerate(zip(items, instructions)):
             try:
-                prepared.append(self._prepare(item, instr))
+                prepared.append(self.processor.embedding_input(item, instr))
             except InputError as exc:
                 raise exc.located(item=item.id if item.id is not None else f"#{position}") from None
         if max_batch_tokens == "auto":
@@ -129,23 +137,19 @@ class Retriever:
         out = torch.empty((len(items), self.dim), dtype=torch.float32)
         batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length)
-        with progress_bar(len(items), "encoding", enabled=show_progress and len(items) > 0) as bar:
-            collated = prefetch(lambda rows: (rows, self._collate([prepared[i] for i in rows])), batches)
-            for rows, inputs in collated:
-                out[rows] = self._forward(inputs)
-                bar.advance(len(rows))
+        was_training = self.backbone.model.training
+        self.backbone.eval()
+        try:
+            with progress_bar(len(items), "encoding", enabled=show_progress and len(items) > 0) as bar:
+                collate = self.processor.collate
+                collated = prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches)
+                for rows, inputs in collated:
+                    with torch.inference_mode():
+                        out[rows] = self.embed(inputs).cpu()
+                    bar.advance(len(rows))
+        finally:
+            self.backbone.train(was_training)
         return out.numpy() if convert_to == "numpy" else out
-
-    def _collate(self, batch: list[PromptInput]) -> dict:
-        return collate(self.backbone, batch, pixel_limit=self.image_pixel_limit)
-
-    def _forward(self, inputs: dict):
-        hidden, inputs = last_hidden_states(self.backbone, inputs)
-        if self.cut_at_emb:
-            positions = last_positions(inputs["attention_mask"])
-        else:
-            positions = positions_before_token(inputs["input_ids"], self.backbone.emb_token_id)
-        return l2_normalize(gather_rows(hidden, positions)).cpu()
 
     @staticmethod
     def similarity(queries, candidates) -> np.ndarray:
@@ -161,4 +165,3 @@ def per_item_instructions(instruction, count: int) -> list:
     if len(instruction) != count:
         raise ValueError(f"got {len(instruction)} instructions for {count} items")
     return instruction
-
