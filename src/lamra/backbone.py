@@ -144,6 +144,13 @@ class Backbone:
             for parameter in self.language_model().visual.parameters():
                 parameter.requires_grad_(True)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (non-reentrant: works with frozen inputs)."""
+        network = self.base_model()
+        # transformers 5.2x renamed it; older releases of the pinned range have only the old name.
+        enable = getattr(network, "activation_checkpointing_enable", None) or network.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def trainable_parameters(self) -> list:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -255,13 +262,11 @@ def load_backbone(
     """
     import torch
 
-    try:  # TODO(lead): plain import once checkpoints.py lands
-        from .checkpoints import check_adapter_source, check_model_source
-    except ImportError:
-        check_adapter_source = check_model_source = lambda _: None
-    check_model_source(model)
+    from .checkpoints import check_adapter_source, check_model_source
+
+    check_model_source(model, revision=revision)
     if lora is not None:
-        check_adapter_source(lora)
+        check_adapter_source(lora, revision=revision)
     model_path = str(model)
     hub_kwargs = {"revision": revision} if revision else {}
     device = device or default_device()

@@ -66,9 +66,20 @@ def truncate_text(text: str | None, tokenizer: Any, max_tokens: int) -> str | No
     return tokenizer.decode(ids[:max_tokens])
 
 
-def training_text_rule(tokenizer: Any, max_tokens: int = MAX_RETRIEVAL_TEXT_TOKENS) -> Callable[[str], str]:
-    """``format`` then the official training cut: what the released training fed the model."""
-    return lambda text: truncate_text(format_text(text), tokenizer, max_tokens)
+class TrainingTextRule:
+    """``format`` then the official training cut (tokenize, keep ``max_tokens``, decode): what the
+    released stage-2 and rerank training fed the model. A class, so DataLoader workers can pickle it."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int = MAX_RETRIEVAL_TEXT_TOKENS):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, text: str) -> str:
+        return truncate_text(format_text(text), self.tokenizer, self.max_tokens)
+
+
+def raw_text(text: str) -> str:
+    """Stage 1 of the released code feeds sentences as they are (no format, no cut)."""
+    return text
 
 
 def is_multi_part(item: Item) -> bool:

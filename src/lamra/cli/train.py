@@ -1,0 +1,66 @@
+"""``lamra train retriever`` and ``lamra lora merge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+train_app = typer.Typer(help="Train LamRA models (retriever: stage 1 pairs, stage 2 M-BEIR).", no_args_is_help=True)
+lora_app = typer.Typer(help="LoRA adapters: merge one into its base model.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+    app.add_typer(lora_app, name="lora")
+
+
+@train_app.command("retriever")
+def retriever(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A yaml preset, e.g. configs/stage1.yaml."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base checkpoint: hub id or local folder."),
+    data: Optional[str] = typer.Option(None, help="Pairs file (.jsonl / .csv) or M-BEIR root."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Where checkpoints and the adapter go."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    global_batch_size: Optional[int] = typer.Option(None, help="Examples per step over all processes."),
+    chunk_size: Optional[int] = typer.Option(None, help="Gradient caching: rows per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any argument as key=value (repeatable)."),
+) -> None:
+    """Train LamRA-Ret with InfoNCE; resumes from the newest checkpoint in the output folder.
+
+    Under torchrun (or accelerate launch) every process trains on its share of each global batch
+    and in-batch negatives span all of them.
+    """
+    from ..training.args import load_args, parse_assignment
+    from ..training.trainer import train_retriever
+
+    extra = dict(parse_assignment(a) for a in assignments or [])
+    args = load_args(config, model=model, data=data, output_dir=output_dir, max_steps=max_steps,
+                     global_batch_size=global_batch_size, chunk_size=chunk_size, device=device, **extra)
+    adapter = train_retriever(args, on_log=_print_log)
+    from ..distributed import is_main_process
+
+    if is_main_process():
+        typer.echo(f"adapter written to {adapter}")
+        typer.echo(f"use it: lamra embed ITEMS --model {args.model} --lora {adapter}   "
+                   f"(or merge it: lamra lora merge {args.model} {adapter} MERGED)")
+
+
+def _print_log(record: dict) -> None:
+    typer.echo(f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
+               f"lr {record['lr']:.2e}  {record['samples_per_second']:.1f} samples/s", err=True)
+
+
+@lora_app.command("merge")
+def merge(
+    model: str = typer.Argument(..., help="The base checkpoint the adapter was trained on."),
+    adapter: Path = typer.Argument(..., help="The LoRA adapter folder."),
+    out: Path = typer.Argument(..., help="Folder for the merged checkpoint."),
+) -> None:
+    """Fold a LoRA adapter into its base model: a plain checkpoint (stage 2 starts from stage 1 merged)."""
+    from ..training.merge import merge_lora
+
+    folder = merge_lora(model, adapter, out)
+    typer.echo(f"merged checkpoint written to {folder}")

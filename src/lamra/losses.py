@@ -1,0 +1,28 @@
+"""Losses: tensors in, scalar out. Embeddings are L2-normalised before they get here."""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_TEMPERATURE = 0.05  # LamRA's InfoNCE temperature (spec 4)
+
+
+def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None, *,
+             temperature: float = DEFAULT_TEMPERATURE, gather: bool = True) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: query i's positive is candidate i, every other candidate
+    (other queries' positives, then any explicit hard negatives) is a negative.
+
+    Inputs are unit vectors (B, D). With ``gather`` and a process group, every rank's queries
+    and candidates join one global batch (gradients flow back to their owners), so all ranks
+    compute the same loss: the paper's global-batch negatives.
+    """
+    if gather:
+        from .distributed import all_gather_with_grad
+
+        queries, positives = all_gather_with_grad(queries), all_gather_with_grad(positives)
+        if hard_negatives is not None:
+            hard_negatives = all_gather_with_grad(hard_negatives)
+    candidates = positives if hard_negatives is None else torch.cat([positives, hard_negatives])
+    logits = queries.float() @ candidates.float().T / temperature
+    labels = torch.arange(queries.shape[0], device=queries.device)
+    return torch.nn.functional.cross_entropy(logits, labels)

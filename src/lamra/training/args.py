@@ -1,0 +1,110 @@
+"""Training arguments: one dataclass, filled from a yaml preset and command-line overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+DATA_KINDS = ("pairs", "mbeir")
+
+
+@dataclass
+class RetrieverTrainingArgs:
+    """Everything a LamRA-Ret training run needs. Presets in configs/ hold the paper's values."""
+
+    model: str = ""                      # base checkpoint (hub id or folder); stage 2: the merged stage-1 model
+    output_dir: str = "lamra-train"
+    data: str = ""                       # pairs file (.jsonl / .csv) or M-BEIR root
+    data_kind: str = "pairs"             # "pairs" (stage 1) or "mbeir" (stage 2)
+    train_queries: str | None = None     # mbeir: a query jsonl (default: union_train, else query/train/*)
+    train_pool: str | None = None        # mbeir: the pool of the positives (default: the union train pool)
+    text_rule: str | None = None         # "raw" (stage 1) / "lamra" (format + 480-token cut); default by data_kind
+    use_hard_negatives: bool = False
+    # model
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    train_vision: bool = False
+    full: bool = False                   # train every language-model weight instead of a LoRA
+    gradient_checkpointing: bool = False
+    device: str | None = None
+    dtype: str | None = None             # default: bf16 on GPU, fp32 on CPU
+    settings: dict = field(default_factory=dict)   # ModelSettings fields (max_pixels, positions, ...)
+    # optimisation
+    global_batch_size: int = 576
+    chunk_size: int | None = None        # gradient caching: rows per forward (None: the plain path)
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    temperature: float = 0.05
+    epochs: float = 1.0
+    max_steps: int | None = None         # overrides epochs
+    seed: int = 0
+    # bookkeeping
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    num_workers: int = 0
+    resume: bool = True                  # continue from the newest checkpoint in output_dir
+    show_progress: bool = True
+
+    def __post_init__(self):
+        if self.data_kind not in DATA_KINDS:
+            raise InputError(f"data_kind must be one of {DATA_KINDS}, got {self.data_kind!r}", field="data_kind")
+        if self.text_rule is None:
+            self.text_rule = "raw" if self.data_kind == "pairs" else "lamra"
+
+    def check(self) -> None:
+        """Refuse a run that cannot start, before any model is loaded."""
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                raise InputError(f"missing: set {name} in the config or with --{name.replace('_', '-')}", field=name)
+        if self.global_batch_size < 2:
+            raise InputError("global_batch_size must be at least 2 (in-batch negatives)", field="global_batch_size")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise InputError("chunk_size must be at least 1", field="chunk_size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_args(config: str | os.PathLike | None = None, **overrides: Any) -> RetrieverTrainingArgs:
+    """A preset (yaml) with ``overrides`` on top (``None`` values are ignored)."""
+    import yaml
+
+    values: dict = {}
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise InputError("config file not found", file=str(path))
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid yaml: {exc}", file=str(path)) from None
+        if not isinstance(values, dict):
+            raise InputError("the config must be a mapping of argument names to values", file=str(path))
+        known = {f.name for f in fields(RetrieverTrainingArgs)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown argument(s) {unknown}; known: {sorted(known)}", file=str(path),
+                             field=unknown[0])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RetrieverTrainingArgs(**values)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as yaml (numbers, booleans, null)."""
+    import yaml
+
+    if "=" not in text:
+        raise InputError(f"--set takes key=value, got {text!r}", field="set")
+    key, value = text.split("=", 1)
+    known = {f.name for f in fields(RetrieverTrainingArgs)}
+    if key not in known:
+        raise InputError(f"unknown argument {key!r}; known: {sorted(known)}", field="set")
+    return key, yaml.safe_load(value)
