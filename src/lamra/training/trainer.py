@@ -1,8 +1,10 @@
-"""LamRA-Ret training on accelerate: one loop for one CPU, one GPU, torchrun DDP, FSDP or DeepSpeed.
+"""LamRA training on accelerate: one loop for one CPU, one GPU, torchrun DDP, FSDP or DeepSpeed.
 
-The loop is short on purpose: data order comes from :mod:`.schedule` (deterministic, so a
-resumed run sees the same batches), the loss from :mod:`lamra.losses`, the step from
-:mod:`.steps` (plain or gradient-cached), checkpoints from :mod:`.checkpoints`.
+The retriever (InfoNCE) and the reranker (next-token cross-entropy on answers) share the loop;
+what differs is a :class:`Recipe`: the dataset, the module accelerate prepares, the collator
+and the step. The loop is short on purpose: data order comes from :mod:`.schedule`
+(deterministic, so a resumed run sees the same batches), the steps from :mod:`.steps` /
+:mod:`.rerank_steps`, checkpoints from :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
@@ -11,22 +13,72 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from ..modeling.retriever import Retriever
 from ..settings import ModelSettings
-from .args import RetrieverTrainingArgs
+from .args import RerankerTrainingArgs, RetrieverTrainingArgs
 from .checkpoints import CheckpointManager
-from .collators import RetrievalCollator
-from .data import EpochIndexed, MBEIRTrainDataset, PairDataset
 from .schedule import StepBatches
-from .steps import EmbeddingModel, gradient_cache_step, plain_step
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Recipe:
+    """What one kind of training brings to the shared loop.
+
+    - ``dataset``: ``len()`` and ``example(index, epoch)`` (seeded per example, see :mod:`.data`);
+    - ``wrap(backbone)``: the ``torch.nn.Module`` accelerate prepares (it owns the parameters);
+    - ``collator(processor)``: examples -> a batch (model-free: it runs in DataLoader workers);
+    - ``step(accelerator, model, batch)``: forward and backward; the loss (a tensor) or a dict of
+      logged values with "loss".
+    """
+
+    name: str
+    dataset: Any
+    wrap: Callable
+    collator: Callable
+    step: Callable
+
+
+def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
+    from ..modeling.retriever import Retriever
+    from .collators import RetrievalCollator
+    from .steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    step = gradient_cache_step if args.chunk_size else plain_step
+    return Recipe(
+        name="retriever",
+        dataset=build_dataset(args),
+        wrap=lambda backbone: EmbeddingModel(Retriever(backbone)),
+        collator=lambda processor: RetrievalCollator(processor, text_rule=args.text_rule, chunk_size=args.chunk_size),
+        step=partial(step, temperature=args.temperature),
+    )
+
+
+def reranker_recipe(args: RerankerTrainingArgs) -> Recipe:
+    from .rerank_collator import RerankCollator
+    from .rerank_data import RerankTrainDataset
+    from .rerank_steps import AnswerModel, answer_loss_step
+
+    dataset = RerankTrainDataset(args.data, args.mined, queries=args.train_queries, pool=args.train_pool,
+                                 seed=args.seed, max_negatives=args.max_negatives, instructions=args.instructions)
+    return Recipe(
+        name="reranker",
+        dataset=dataset,
+        wrap=AnswerModel,
+        collator=lambda processor: RerankCollator(processor, max_text_tokens=args.max_text_tokens,
+                                                  label_span=args.label_span, chunk_size=args.chunk_size),
+        step=partial(answer_loss_step, loss=args.loss),
+    )
+
+
 def build_dataset(args: RetrieverTrainingArgs):
+    from .data import MBEIRTrainDataset, PairDataset
+
     if args.data_kind == "pairs":
         return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
     return MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
@@ -34,12 +86,29 @@ def build_dataset(args: RetrieverTrainingArgs):
 
 
 def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
-    """Train a LoRA (or the full language model) with InfoNCE; returns the adapter folder.
+    """Train LamRA-Ret: a LoRA (or the full language model) with InfoNCE; returns the adapter folder.
 
     Writes ``OUTPUT/adapter`` (peft adapter + the tokenizer with ``<emb>``), ``OUTPUT/checkpoints``
     (resumable: weights, optimizer, scheduler, RNG, step), ``OUTPUT/train_log.jsonl``; each
     logged record also goes to ``on_log`` on the main process (the CLI prints it).
     """
+    args.check()
+    return train(args, retriever_recipe(args), on_log=on_log)  # bad data fails in the recipe, before the model
+
+
+def train_reranker(args: RerankerTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
+    """Train LamRA-Rank: a LoRA on the raw Qwen2-VL-Instruct model with the pointwise + listwise
+    answer loss; returns the adapter folder (``Reranker.from_pretrained(model, lora=adapter)``).
+
+    Same outputs, resume and logging as :func:`train_retriever`; the log also holds the two
+    parts of the loss (``pointwise_loss``, ``listwise_loss``).
+    """
+    args.check()
+    return train(args, reranker_recipe(args), on_log=on_log)
+
+
+def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None) -> Path:
+    """The shared loop: model + LoRA, optimizer, schedule, checkpoints, logging, the adapter."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -47,9 +116,9 @@ def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], Non
     from transformers import get_cosine_schedule_with_warmup
 
     from ..backbone import load_backbone, resolve_dtype
+    from .data import EpochIndexed
 
-    args.check()
-    dataset = build_dataset(args)  # bad data fails here, before any model is loaded
+    dataset = recipe.dataset
     output = Path(args.output_dir)
     device = _device(args)
     dtype = resolve_dtype(args.dtype, device)
@@ -68,7 +137,7 @@ def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], Non
     if args.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     backbone.train()
-    model = EmbeddingModel(Retriever(backbone))
+    model = recipe.wrap(backbone)
 
     batches = StepBatches(len(dataset), global_batch_size=args.global_batch_size, seed=args.seed, rank=rank,
                           world_size=world)
@@ -80,22 +149,23 @@ def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], Non
     checkpoints = CheckpointManager(accelerator, output / "checkpoints", keep=args.save_total_limit)
     start_step = checkpoints.resume(args.to_dict()) if args.resume else 0
 
-    collator = RetrievalCollator(backbone.processor, text_rule=args.text_rule, chunk_size=args.chunk_size)
     loader = DataLoader(EpochIndexed(dataset), batch_sampler=batches.from_step(start_step, total_steps),
-                        collate_fn=collator, num_workers=args.num_workers)
+                        collate_fn=recipe.collator(backbone.processor), num_workers=args.num_workers,
+                        # its own generator: starting the loader must not draw from the global RNG,
+                        # or a resumed run would see other dropout masks than an uninterrupted one
+                        generator=torch.Generator().manual_seed(args.seed))
     log = _TrainLog(output / "train_log.jsonl", enabled=accelerator.is_main_process, on_log=on_log)
-    logger.info("training %d steps of %d examples on %d process(es) from step %d", total_steps,
-                args.global_batch_size, world, start_step)
+    logger.info("training the %s: %d steps of %d examples on %d process(es) from step %d", recipe.name,
+                total_steps, args.global_batch_size, world, start_step)
     from ..progress import progress_bar
 
     with progress_bar(total_steps, "training", enabled=args.show_progress and accelerator.is_main_process) as bar:
         bar.advance(start_step)
         started, step = time.perf_counter(), start_step
         for step, batch in enumerate(loader, start=start_step + 1):
-            if args.chunk_size:
-                loss = gradient_cache_step(accelerator, model, batch, temperature=args.temperature)
-            else:
-                loss = plain_step(accelerator, model, batch, temperature=args.temperature)
+            values = recipe.step(accelerator, model, batch)
+            if not isinstance(values, dict):
+                values = {"loss": values}
             if args.max_grad_norm:
                 accelerator.clip_grad_norm_(backbone.trainable_parameters(), args.max_grad_norm)
             optimizer.step()
@@ -104,7 +174,8 @@ def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], Non
             bar.advance(1)
             if step % args.logging_steps == 0 or step == total_steps:
                 seconds = time.perf_counter() - started
-                log.write(step=step, total_steps=total_steps, loss=float(loss), lr=scheduler.get_last_lr()[0],
+                logged = {name: _mean_over_processes(accelerator, value) for name, value in values.items()}
+                log.write(step=step, total_steps=total_steps, **logged, lr=scheduler.get_last_lr()[0],
                           samples_per_second=round((step - start_step) * args.global_batch_size / seconds, 3))
             if step % args.save_steps == 0 and step < total_steps:
                 checkpoints.save(step, args.to_dict())
@@ -116,7 +187,17 @@ def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], Non
     return adapter
 
 
-def save_trained(backbone, folder: Path, args: RetrieverTrainingArgs) -> None:
+def _mean_over_processes(accelerator, value) -> float:
+    """A logged value averaged over the processes (every rank reaches the same logging steps)."""
+    import torch
+
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.as_tensor(value, dtype=torch.float32, device=accelerator.device).detach()
+    return float(accelerator.reduce(tensor, reduction="mean"))
+
+
+def save_trained(backbone, folder: Path, args) -> None:
     """The adapter (or full model), the tokenizer with ``<emb>`` and the image processor."""
     folder.mkdir(parents=True, exist_ok=True)
     backbone.model.save_pretrained(folder)
@@ -127,7 +208,7 @@ def save_trained(backbone, folder: Path, args: RetrieverTrainingArgs) -> None:
         indent=2, default=str))
 
 
-def _device(args: RetrieverTrainingArgs) -> str:
+def _device(args) -> str:
     from ..backbone import default_device
     from ..distributed import device_for_rank
 

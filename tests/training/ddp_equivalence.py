@@ -1,0 +1,47 @@
+"""Run under torchrun: one training step's loss and LoRA gradients, saved by rank 0.
+
+python -m torch.distributed.run --nproc-per-node N ddp_equivalence.py CHECKPOINT OUT [--chunk-size K]
+Every process takes its contiguous share of the same global batch of 8 text pairs.
+"""
+
+import sys
+
+import torch
+
+
+def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
+    from accelerate import Accelerator
+
+    from lamra import Item, Retriever
+    from lamra.training.collators import RetrievalCollator
+    from lamra.training.data import Example
+    from lamra.training.steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    accelerator = Accelerator(cpu=True)
+    retriever = Retriever.from_pretrained(checkpoint, device="cpu")
+    torch.manual_seed(0)
+    retriever.backbone.add_lora(r=4, alpha=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in retriever.backbone.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    retriever.backbone.train()
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+    examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i))
+                for i, c in enumerate(colours)]
+    share = len(examples) // accelerator.num_processes
+    mine = examples[accelerator.process_index * share : (accelerator.process_index + 1) * share]
+    batch = RetrievalCollator(retriever.processor, text_rule="raw", chunk_size=chunk_size)(mine)
+    model = accelerator.prepare(EmbeddingModel(retriever))
+    step = gradient_cache_step if chunk_size else plain_step
+    loss = step(accelerator, model, batch, temperature=0.05)
+    grads = {n: p.grad.detach().clone() for n, p in retriever.backbone.model.named_parameters() if p.requires_grad}
+    if accelerator.is_main_process:
+        torch.save({"loss": float(loss), "grads": grads, "world": accelerator.num_processes}, out)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    chunk = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--chunk-size" else None
+    main(sys.argv[1], sys.argv[2], chunk)
