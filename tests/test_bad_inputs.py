@@ -123,3 +123,25 @@ def test_help_is_fast_and_lazy():
 
     code = "import sys, lamra.cli; sys.exit(int(any(m in sys.modules for m in ('torch', 'transformers', 'faiss'))))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "lamra.cli imports heavy modules"
+
+
+def test_embed_ids_empty_reserved_and_generated(tmp_path, tiny_checkpoint, capsys):
+    items = write_jsonl(tmp_path / "items.jsonl", [
+        {"id": 17, "text": "explicit integer id"},
+        {"text": "no id"},
+        {"id": "", "text": "empty id"},
+        {"id": "   ", "text": "blank id"},
+        {"id": "line:2", "text": "a generated id, given explicitly"},
+        b'{"id": "x", "text": "tab\tinside"}\n',
+    ])
+    out = tmp_path / "emb.npy"
+    code = main(["embed", str(items), "--model", str(tiny_checkpoint), "--out", str(out), "-q", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    name = str(items)
+    assert f"{name}:3 field 'id': empty id" in err and f"{name}:4 field 'id': empty id" in err
+    assert f"{name}:5 (item 'line:2') field 'id': ids of the form line:N are kept" in err
+    assert f"{name}:6: not valid JSON: Invalid control character at column 25" in err and "at at" not in err
+    assert main(["embed", str(items), "--model", str(tiny_checkpoint), "--out", str(out), "-q", "--device", "cpu",
+                 "--skip-bad"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["ids"] == ["17", "line:2"]

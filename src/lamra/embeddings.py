@@ -17,10 +17,12 @@ import numpy as np
 from .errors import IncompatibleArtifactError, InputError
 
 
-def check_items(path) -> tuple[list, list[dict]]:
+def check_items(path, *, pixel_limit: int | None = None) -> tuple[list, list[dict]]:
     """Read a jsonl of items and open every image once: (good items, bad-line reports)."""
     from .data.jsonl import read_item_lines
-    from .items import load_image
+    from .items import DEFAULT_IMAGE_PIXEL_LIMIT, load_image
+
+    pixel_limit = pixel_limit or DEFAULT_IMAGE_PIXEL_LIMIT
 
     good, bad = [], []
     for entry in read_item_lines(path):
@@ -28,7 +30,7 @@ def check_items(path) -> tuple[list, list[dict]]:
         if error is None:
             try:
                 for image in entry.item.images:
-                    load_image(image, item=entry.item.id)
+                    load_image(image, pixel_limit=pixel_limit, item=entry.item.id)
             except InputError as exc:
                 error = exc.located(file=str(path), line=entry.line)
         if error is None:

@@ -56,3 +56,21 @@ class InputError(LamraError, ValueError):
 
 class IncompatibleArtifactError(LamraError):
     """A stored artefact (embeddings, index) made by another model, adapter or prompt format."""
+
+
+class ModelSourceError(LamraError):
+    """A ``--model`` / ``--lora`` that cannot be loaded: a missing folder, a folder that is not a
+    checkpoint, or a hub id that is neither cached nor downloadable (see ``lamra.checkpoints``)."""
+
+
+class BadLinesError(InputError):
+    """Several bad lines in one input file; ``problems`` holds one report dict per line
+    (``{"line", "id", "error"}``), and the message lists them."""
+
+    def __init__(self, problems: list[dict], *, file: str, hint: str = "", shown: int = 20):
+        self.problems = list(problems)
+        lines = [str(p["error"]) for p in self.problems[:shown]]
+        if len(self.problems) > shown:
+            lines.append(f"... and {len(self.problems) - shown} more")
+        summary = f"{len(self.problems)} bad line(s)" + (f"; {hint}" if hint else "")
+        super().__init__(summary + ":\n  " + "\n  ".join(lines), file=file)

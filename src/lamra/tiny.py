@@ -241,4 +241,7 @@ def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, h
     # Qwen2VLProcessor cannot be built without torchvision (see backbone.py).
     tokenizer.save_pretrained(folder)
     image_processor().save_pretrained(folder)
+    from .checkpoints import mark_untrained
+
+    mark_untrained(folder)  # the CLI and the web page warn that its rankings mean nothing
     return folder

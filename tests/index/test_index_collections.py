@@ -33,7 +33,7 @@ def test_jsonl_items_resolve_images_next_to_the_file(tmp_path, image_files):
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     collection = open_collection(tmp_path / "items.jsonl")
     assert collection.kind == "jsonl"
-    assert [r["id"] for r in collection] == ["a", "b", "3"]
+    assert [r["id"] for r in collection] == ["a", "b", "line:3"]
     assert collection.records[1]["images"] == [str((tmp_path / "x.png").resolve())]
 
 

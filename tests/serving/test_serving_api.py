@@ -92,7 +92,7 @@ def test_text_search_matches_encoding_and_index_search(make_client, tiny_retriev
     body = response.json()
     ids, scores = expected_search(tiny_retriever, serving_index, Item(text="a red car"), k=5)
     check_matches(body["results"], ids, scores)
-    assert body["query"] == {"text": "a red car", "instruction": None, "has_image": False, "k": 5, "rerank": False}
+    assert body["query"] == {"text": "a red car", "instruction": None, "has_image": False, "has_video": False, "k": 5, "rerank": False}
     assert np.all(np.diff(scores) <= 1e-6)
 
 

@@ -11,11 +11,12 @@ from lamra.cli import main
 
 @pytest.fixture
 def captured_run(monkeypatch):
-    """uvicorn.run replaced by a recorder: the command builds the app, the test inspects it."""
-    import uvicorn
+    """The serving loop replaced by a recorder: the command binds, builds the app, the test inspects it."""
+    import lamra.cli.serve
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
+    monkeypatch.setattr(lamra.cli.serve, "run", lambda app, listener, **options: calls.append(
+        {"app": app, "listening": listener.getsockname(), **options}))
     return calls
 
 
@@ -35,10 +36,13 @@ def counted_loads(monkeypatch):
 
 
 def test_serve_binds_localhost_and_loads_the_model_once(captured_run, counted_loads, tiny_checkpoint, serving_index):
-    assert main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu"]) == 0
+    assert main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
+                 "--port", "0"]) == 0
     (call,) = captured_run
-    assert call["host"] == "127.0.0.1" and call["port"] == 8000
-    assert counted_loads == [(str(tiny_checkpoint), {"lora": None, "device": "cpu", "dtype": None})]
+    assert call["host"] == "127.0.0.1" and call["listening"][0] == "127.0.0.1" and call["port"] > 0
+    assert call["port"] == call["listening"][1]  # the port announced is the one bound
+    assert [(model, options["lora"], options["device"]) for model, options in counted_loads] == \
+        [(str(tiny_checkpoint), None, "cpu")]
     with TestClient(call["app"]) as client:
         assert client.get("/info").json()["index"]["count"] == len(serving_index)
         assert client.post("/search", json={"text": "a dog", "k": 2}).status_code == 200
@@ -52,13 +56,16 @@ def test_serve_options_reach_the_app(captured_run, monkeypatch, tiny_checkpoint,
     rerank_loads = []
     monkeypatch.setattr(Reranker, "from_pretrained",
                         classmethod(lambda cls, model, **options: rerank_loads.append((model, options)) or FakeReranker()))
+    monkeypatch.setattr("lamra.checkpoints.check_model_source", lambda source, **kw: None)  # "some/reranker"
     code = main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
-                 "--rerank", "some/reranker", "--host", "0.0.0.0", "--port", "9123", "--max-k", "5",
-                 "--max-batch-size", "4", "--alpha", "0.25"])
+                 "--rerank", "some/reranker", "--host", "0.0.0.0", "--port", "0", "--max-k", "5",
+                 "--max-batch-size", "4", "--alpha", "0.25", "--rerank-scores", "raw"])
     assert code == 0
     (call,) = captured_run
-    assert (call["host"], call["port"]) == ("0.0.0.0", 9123)
-    assert rerank_loads == [("some/reranker", {"lora": None, "device": "cpu"})]
+    assert call["host"] == "0.0.0.0" and call["listening"][0] == "0.0.0.0"
+    ((model, options),) = rerank_loads
+    assert model == "some/reranker" and options["device"] == "cpu" and options["lora"] is None
+    assert options["settings"].rerank_scores == "raw"
     config = call["app"].state.config
     assert (config.max_k, config.max_batch_size, config.alpha) == (5, 4, 0.25)
     with TestClient(call["app"]) as client:
@@ -94,3 +101,64 @@ def test_serve_rejects_a_bad_alpha(captured_run, tiny_checkpoint, serving_index)
                                       "--alpha", "1.5"])
     assert result.exit_code == 2 and "alpha" in result.output
     assert captured_run == []
+
+
+def test_serve_refuses_a_port_in_use_before_announcing_or_loading(captured_run, counted_loads, tiny_checkpoint,
+                                                                  serving_index, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--port", str(port)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "serving" not in out
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err and "--port" in err
+    assert counted_loads == [] and captured_run == []
+
+
+def test_serve_passes_the_model_settings_and_the_pixel_limit(captured_run, counted_loads, tiny_checkpoint,
+                                                             serving_index, capsys):
+    base = ["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu", "--port", "0"]
+    # Settings that change vectors reach the model, and the index built with the defaults is refused by name.
+    assert main([*base, "--max-pixels", "50176", "--positions", "mrope", "--max-tokens", "512"]) == 2
+    assert "max_pixels" in capsys.readouterr().err and captured_run == []
+    settings = counted_loads[-1][1]["settings"]
+    assert (settings.max_pixels, settings.positions, settings.max_tokens) == (50176, "mrope", 512)
+    # The pixel limit changes no vector: the server starts, and it also caps uploaded query images.
+    assert main([*base, "--image-pixel-limit", "4000000"]) == 0
+    assert counted_loads[-1][1]["settings"].image_pixel_limit == 4_000_000
+    (call,) = captured_run
+    assert call["app"].state.config.max_image_pixels == 4_000_000
+
+
+def test_serve_warns_about_an_untrained_model_in_the_terminal_and_in_info(captured_run, tiny_checkpoint,
+                                                                         serving_index, capsys):
+    from lamra.checkpoints import UNTRAINED_MARK
+
+    assert (tiny_checkpoint / UNTRAINED_MARK).is_file()  # lamra.tiny marks what it builds
+    assert main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
+                 "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "UNTRAINED" in err
+    (call,) = captured_run
+    with TestClient(call["app"]) as client:
+        info = client.get("/info").json()
+    assert info["untrained"] is True and "UNTRAINED" in info["warnings"][0]
+
+
+def test_serve_logs_one_line_per_request(captured_run, tiny_checkpoint, serving_index, caplog):
+    import logging
+
+    assert main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
+                 "--port", "0"]) == 0
+    (call,) = captured_run
+    with caplog.at_level(logging.INFO, logger="lamra.serving.access"):
+        with TestClient(call["app"]) as client:
+            client.get("/health")
+            client.post("/search", json={"text": "a dog", "k": 2})
+            client.get("/items/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "lamra.serving.access"]
+    assert [line.rsplit(" ", 2)[0] for line in lines] == ["GET /health 200", "POST /search 200", "GET /items/nope 404"]
+    assert all(line.endswith(" ms") and float(line.split()[-2]) >= 0 for line in lines)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .options import DEVICE, DTYPE, LORA, MODEL
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+                      model_settings)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,19 +32,27 @@ def embed(
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
 ) -> None:
     """Embed the items of a jsonl file with a LamRA retriever."""
     from ..embeddings import check_items, save_embeddings
-    from ..modeling.retriever import Retriever
+    from .models import check_sources, load_retriever
 
-    good, bad = check_items(input)
+    check_sources(model, lora)
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    good, bad = check_items(input, pixel_limit=settings.image_pixel_limit)
     if bad and not skip_bad:
         for entry in bad[:20]:
             typer.echo(f"error: {entry['error']}", err=True)
-        more = f" (first 20 shown)" if len(bad) > 20 else ""
+        more = " (first 20 shown)" if len(bad) > 20 else ""
         typer.echo(f"{len(bad)} bad line(s){more}; nothing written. Fix them or pass --skip-bad.", err=True)
         raise typer.Exit(2)
-    retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype)
+    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
     vectors = retriever.encode([item for item in good], instruction, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens or "auto", show_progress=not quiet)
     written = save_embeddings(out, vectors, [item.id for item in good], retriever.fingerprint(), bad=bad)

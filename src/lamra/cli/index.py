@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import DEVICE, DTYPE, LORA, MODEL
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+                      model_settings)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
 
@@ -18,11 +20,13 @@ COLLECTION = typer.Argument(..., help="A folder of images (recursive), a jsonl o
 KIND = typer.Option("auto", "--kind", help="Collection kind: auto, images, jsonl or mbeir.")
 MBEIR_ROOT = typer.Option(None, "--mbeir-root", help="M-BEIR root (image paths of a pool are relative to it; "
                                                      "default: the folder above cand_pool/).")
-SKIP_BAD = typer.Option(False, "--skip-bad", help="Index the good items and list the bad ones in the manifest, "
-                                                  "instead of stopping at the first.")
+SKIP_BAD = typer.Option(False, "--skip-bad", help="Index the good items and list the bad ones, instead of "
+                                                  "stopping (without it, every bad line is listed and nothing "
+                                                  "is indexed).")
 SHARD_SIZE = typer.Option(1024, "--shard-size", help="Items per checkpointed shard.")
 BATCH_SIZE = typer.Option(64, "--batch-size", help="Most items in one forward pass.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+INDEX = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build).")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,18 +56,27 @@ def build(
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
 ) -> None:
     """Encode a collection into an index folder, in checkpointed shards.
 
-    Killed and started again, the same command resumes. Under ``torchrun --nproc_per_node N``
+    Killed and started again, the same command resumes. Under torchrun --nproc_per_node N
     every process encodes its share and rank 0 writes the index.
     """
-    from ..data.collections import open_collection
     from ..index import Index
+    from ..index.build import WORK
+    from .models import check_sources, load_retriever
 
-    items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=skip_bad)
-    _report_bad_lines(items.bad)
-    retriever = _retriever(model, lora, device, dtype)
+    check_sources(model, lora)
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad)
+    _announce_resume(out / WORK, "build", [record["id"] for record in items.records])
+    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
     params = {"nlist": nlist, "nprobe": nprobe, "M": hnsw_m, "ef_construction": ef_construction,
               "ef_search": ef_search, "encoding": encoding}
     params = {k: v for k, v in params.items() if v is not None}
@@ -74,14 +87,14 @@ def build(
     except ValueError as exc:
         _usage_error(exc)
     if _rank() == 0:
-        skipped = len(index.manifest.get("skipped", []))
+        skipped = _record_skipped_lines(out, items.bad)
         typer.echo(f"indexed {len(index)} items ({index.manifest['backend']}, dimension {index.dim}) in {out}"
-                   + (f"; {skipped} bad item(s) skipped (see `lamra index info`)" if skipped else ""))
+                   + (f"; {skipped} bad item(s) skipped (see lamra index info)" if skipped else ""))
 
 
 @index_app.command("add")
 def add(
-    index_path: Path = typer.Argument(..., metavar="INDEX", help="Index folder."),
+    index_path: Path = INDEX,
     collection: Path = COLLECTION,
     model: str = MODEL,
     lora: Optional[Path] = LORA,
@@ -94,25 +107,36 @@ def add(
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
 ) -> None:
     """Append the items of a collection to an index (resumable like build)."""
-    from ..data.collections import open_collection
     from ..index import Index
+    from ..index.build import WORK
+    from .models import check_sources, load_retriever
 
+    check_sources(model, lora)
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     index = Index.open(index_path)
-    items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=skip_bad)
-    _report_bad_lines(items.bad)
-    retriever = _retriever(model, lora, device, dtype)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad)
+    ids = [record["id"] for record in items.records]
+    _announce_resume(index_path / WORK, "add", [i for i in ids if i not in index] if skip_existing else ids)
+    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
     before = len(index)
     index.add(items.records, retriever, show_progress=not quiet, shard_size=shard_size, skip_bad=skip_bad,
               skip_existing=skip_existing, batch_size=batch_size)
     if _rank() == 0:
+        _record_skipped_lines(index_path, items.bad)
         typer.echo(f"added {len(index) - before} items; {index_path} now holds {len(index)}")
 
 
 @index_app.command("info")
 def info(
-    index_path: Path = typer.Argument(..., metavar="INDEX", help="Index folder."),
+    index_path: Path = INDEX,
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Also check every file's checksum."),
 ) -> None:
@@ -148,7 +172,7 @@ def info(
 
 
 def search(
-    index_path: Path = typer.Argument(..., metavar="INDEX", help="Index folder."),
+    index_path: Path = INDEX,
     text: Optional[str] = typer.Option(None, "--text", "-t", help="Query text."),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Query image file."),
     instruction: Optional[str] = typer.Option(None, help="Task instruction, e.g. \"Find me an everyday image "
@@ -161,17 +185,30 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
 ) -> None:
     """Search an index with a text and / or image query."""
     from ..index import Index
-    from ..items import Item
+    from ..items import Item, image_size
+    from .models import check_sources, load_retriever
 
     if text is None and image is None:
         _usage_error("give --text and/or --image")
-    retriever = _retriever(model, lora, device, dtype)
+    check_sources(model, lora)
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    if image is not None:
+        with _query_image_errors():  # a bad --image fails before a model loads
+            image_size(image, pixel_limit=settings.image_pixel_limit)
+    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings)
     index = Index.open(index_path, expect=retriever.fingerprint())
-    query = Item(text=text, images=[image] if image else [])
-    vectors = retriever.encode([query], instruction, show_progress=False)
+    query = Item(text=text, images=[image] if image else [], id="query")
+    with _query_image_errors():
+        vectors = retriever.encode([query], instruction, show_progress=False)
     overrides = {k_: v for k_, v in {"nprobe": nprobe, "ef_search": ef_search}.items() if v is not None}
     try:
         scores, ids = index.search(vectors, k, **overrides)
@@ -195,15 +232,70 @@ def search(
     Console().print(table)
 
 
-def _retriever(model, lora, device, dtype):
-    from ..modeling.retriever import Retriever
+def _open_collection(collection, kind, mbeir_root, skip_bad):
+    """The collection's records; every bad line listed (then exit 2 unless --skip-bad)."""
+    from ..data.collections import open_collection
+    from ..errors import BadLinesError
 
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
+    try:
+        items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=skip_bad)
+    except BadLinesError as exc:
+        for entry in exc.problems[:20]:
+            typer.echo(f"error: {entry['error']}", err=True)
+        more = " (first 20 shown)" if len(exc.problems) > 20 else ""
+        typer.echo(f"{len(exc.problems)} bad line(s){more}; nothing indexed. Fix them or pass --skip-bad.", err=True)
+        raise typer.Exit(2) from None
+    _report_bad_lines(items.bad)
+    return items
 
-        if torch.cuda.is_available():  # one GPU per torchrun process
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype)
+
+def _record_skipped_lines(path: Path, bad: list[dict]) -> int:
+    """Add the collection's bad lines (--skip-bad) to the manifest's skipped list, beside the items
+    that failed while encoding, so lamra index info shows them all; returns the list's length."""
+    from ..index.files import read_manifest, write_manifest
+
+    manifest = read_manifest(path)
+    skipped = list(manifest.get("skipped", []))
+    known = {entry.get("error") for entry in skipped}
+    new = [entry for entry in bad if entry["error"] not in known]
+    if new:
+        manifest["skipped"] = skipped + new
+        write_manifest(path, manifest)
+    return len(skipped) + len(new)
+
+
+def _announce_resume(work: Path, kind: str, ids: list[str]) -> None:
+    """Say so when an interrupted build / add of the same items is picked up (shown without -v)."""
+    import hashlib
+
+    from ..index.build import PLAN
+
+    try:
+        plan = json.loads((work / PLAN).read_text())
+    except (OSError, ValueError):
+        return
+    if plan.get("kind") != kind or plan.get("ids_sha256") != hashlib.sha256("\n".join(ids).encode()).hexdigest():
+        return  # not this job: the build itself says what is wrong
+    done = 0
+    for shard in sorted((work / "shards").glob("*.json")):
+        if shard.with_suffix(".npy").is_file():
+            record = json.loads(shard.read_text())
+            done += len(record.get("ids", [])) + len(record.get("bad", []))
+    if _rank() == 0:
+        typer.echo(f"resuming: {done} of {plan.get('count', len(ids))} items already indexed", err=True)
+
+
+@contextmanager
+def _query_image_errors():
+    """Errors of the --image of a search say "query image" (it has no file line or item id)."""
+    from ..errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        if exc.field != "image":
+            raise
+        raise InputError(f"query image (--image): {exc.reason}") from None
 
 
 def _usage_error(error) -> None:

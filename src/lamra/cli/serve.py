@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import DEVICE, DTYPE, LORA, MODEL
+from ..serving.limits import ServeConfig
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+                      RERANK_SCORES, model_settings)
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    index: Path = typer.Argument(..., help="Index folder (made by `lamra index build`)."),
+    index: Path = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build)."),
     model: str = MODEL,
     lora: Optional[Path] = LORA,
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): hub id or "
@@ -23,31 +27,103 @@ def serve(
     rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
     host: str = typer.Option("127.0.0.1", help="Address to bind. The default serves this machine only; "
                                                "0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port)."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     max_batch_size: int = typer.Option(16, min=1, help="Most queries encoded together."),
     max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for more queries once one arrives."),
     max_k: int = typer.Option(100, min=1, help="Largest k a request may ask for."),
     max_upload_mb: float = typer.Option(10.0, help="Largest uploaded image, in MiB."),
+    max_video_mb: float = typer.Option(50.0, help="Largest uploaded video file, in MiB."),
     timeout: float = typer.Option(60.0, help="Seconds a request may wait for the model before a 504."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Fusion weight: alpha * retrieval + (1 - alpha) * rerank."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                    help="Log one line per request: method, path, status, milliseconds."),
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = typer.Option(
+        None, "--image-pixel-limit", min=1,
+        help=IMAGE_PIXEL_LIMIT.help + " Given, it also caps uploaded query images (otherwise "
+                                      f"{ServeConfig().max_image_pixels})."),
+    rerank_scores: Optional[str] = RERANK_SCORES,
 ) -> None:
-    """Serve an index over HTTP: a JSON API (/search, /embed, /info, /docs) and a search page at /."""
+    """Serve an index over HTTP: a JSON API (/search, /embed, /info, /docs) and a search page at /.
+
+    The port is taken before the models load, so a port in use fails at once.
+    """
     import os
 
     # torch and faiss-cpu each bundle their own OpenMP runtime. A server alternates a model call and a
     # search on every request, and with spinning (the default) idle threads of one runtime starve the
     # other: a tiny-model request measured 10x slower. Passive waiting must be set before they load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ..checkpoints import check_adapter_source, check_model_source
+    from ..serving.app import load_app
+    from .models import warn_if_untrained
+    from .runtime import quiet_model_loading
+
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit,
+                              rerank_scores=rerank_scores)
+    limits = {} if image_pixel_limit is None else {"max_image_pixels": image_pixel_limit}
+    config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_k=max_k,
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                         max_video_bytes=int(max_video_mb * 1024 * 1024), request_timeout_s=timeout, alpha=alpha,
+                         **limits)
+    for source, adapter in ((model, lora), (rerank, rerank_lora)):
+        if source is not None:
+            check_model_source(source)
+            check_adapter_source(adapter)
+    listener = listen(host, port)  # before the models load: a port in use fails at once
+    try:
+        for source in (model, rerank):
+            if source is not None:
+                warn_if_untrained(source)
+        quiet_model_loading()
+        app = load_app(index, model, lora=lora, rerank=rerank, rerank_lora=rerank_lora, device=device, dtype=dtype,
+                       config=config, settings=settings)
+        if access_log:
+            import logging
+
+            logging.getLogger("lamra.serving.access").setLevel(logging.INFO)
+        bound = listener.getsockname()[1]
+        typer.echo(f"serving {len(app.state.engine.index)} items on {_url(host, bound)} (API docs at /docs)")
+        run(app, listener, host=host, port=bound)
+    finally:
+        listener.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), or a usage error saying why not (exit 2)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: unknown host ({exc.strerror})", err=True)
+        raise typer.Exit(2) from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts need no wait
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        hint = " (another server is using it: stop it or pick another --port)" if exc.errno == errno.EADDRINUSE else ""
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}{hint}", err=True)
+        raise typer.Exit(2) from None
+    return listener
+
+
+def run(app, listener: socket.socket, *, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn on the socket already bound (until Ctrl-C)."""
     import uvicorn
 
-    from ..serving.app import load_app
-    from ..serving.limits import ServeConfig
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
 
-    config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_k=max_k,
-                         max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout_s=timeout, alpha=alpha)
-    app = load_app(index, model, lora=lora, rerank=rerank, rerank_lora=rerank_lora, device=device, dtype=dtype,
-                   config=config)
-    typer.echo(f"serving {len(app.state.engine.index)} items on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import InputError
+from ..errors import BadLinesError, InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 KINDS = ("auto", "images", "jsonl", "mbeir")
@@ -92,67 +92,92 @@ def image_folder(folder: Path) -> list[dict]:
 
 
 def item_jsonl(path: Path, *, skip_bad: bool = False) -> Collection:
-    """A jsonl of ``{"id", "text", "image"}`` items (lamra's own format)."""
+    """A jsonl of ``{"id", "text", "image"}`` items (lamra's own format).
+
+    Every line is read and every image path checked (exists, not empty) before anything is
+    encoded; bad lines are all listed: in ``Collection.bad`` with ``skip_bad``, else in one
+    :class:`~lamra.errors.BadLinesError`.
+    """
     from .jsonl import read_item_lines
 
     records, bad = [], []
     for entry in read_item_lines(path):
-        if entry.error is not None:
-            if not skip_bad:
-                raise entry.error
-            bad.append({"line": entry.line, "id": entry.error.item, "error": str(entry.error)})
+        error = entry.error
+        if error is None:
+            error = _missing_file(entry.item, file=str(path), line=entry.line)
+        if error is not None:
+            bad.append(_report(error, entry.line))
             continue
         item = entry.item
-        records.append({"id": item.id, "text": item.text,
-                        "images": [str(Path(p).resolve()) for p in item.images]})
-    if not records:
-        raise InputError("no items in this file", file=str(path))
-    return Collection(path, "jsonl", records, bad)
+        record = {"id": item.id, "text": item.text, "images": [str(Path(p).resolve()) for p in item.images]}
+        if item.videos:  # stored as the jsonl gave it: a file path or a list of frame paths
+            source = item.videos[0].source
+            record["video"] = str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) \
+                else [str(Path(frame).resolve()) for frame in source]
+        records.append(record)
+    return _finish(path, "jsonl", records, bad, skip_bad, empty="no items in this file")
 
 
 def mbeir_pool(path: Path, *, root: str | os.PathLike | None = None, skip_bad: bool = False) -> Collection:
     """An M-BEIR candidate pool; image paths are relative to the M-BEIR ``root`` (found from a
-    ``ROOT/cand_pool/...`` location when not given)."""
-    from .jsonl import iter_jsonl
+    ``ROOT/cand_pool/...`` location when not given). Bad lines are all listed, as for jsonl."""
+    from .jsonl import parse_json_line
     from .mbeir import candidate_from_record
 
     root = Path(root) if root is not None else mbeir_root_of(path)
     records, bad = [], []
     seen: dict[str, int] = {}
-    lines = iter_jsonl(path)
-    while True:
-        try:
-            line, record = next(lines)
-        except StopIteration:
-            break
-        except InputError as exc:  # an unreadable line: the reader cannot go on past it
-            if not skip_bad:
-                raise
-            bad.append({"line": exc.line, "id": None, "error": str(exc)})
-            break
-        if record is None:
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            try:
+                record = parse_json_line(raw, file=str(path), line=line)
+                if record is None:
+                    continue
+                candidate = candidate_from_record(record, file=str(path), line=line)
+                if candidate.did in seen:
+                    raise InputError(f"duplicate did (first on line {seen[candidate.did]})", file=str(path),
+                                     line=line, item=candidate.did, field="did")
+                seen[candidate.did] = line
+                item = candidate.item(root)
+                if item.is_empty():
+                    raise InputError(f"modality {candidate.modality!r} but no text or image to read",
+                                     file=str(path), line=line, item=candidate.did, field="modality")
+                missing = _missing_file(item, file=str(path), line=line, field="img_path")
+                if missing is not None:
+                    raise missing
+            except InputError as exc:
+                bad.append(_report(exc.located(file=str(path), line=line), line))
+                continue
+            records.append({"id": candidate.did, "text": item.text,
+                            "images": [str(Path(p).resolve()) for p in item.images],
+                            "modality": candidate.modality, "src_content": candidate.src_content})
+    return _finish(path, "mbeir", records, bad, skip_bad, empty="no candidates in this pool")
+
+
+def _missing_file(item, *, file: str, line: int, field: str = "image") -> InputError | None:
+    """A missing or empty image file of ``item`` (cheap: one stat per file; decoding comes later)."""
+    for image in item.images:
+        if not isinstance(image, (str, os.PathLike)):
             continue
-        try:
-            candidate = candidate_from_record(record, file=str(path), line=line)
-            if candidate.did in seen:
-                raise InputError(f"duplicate did (first on line {seen[candidate.did]})", file=str(path),
-                                 line=line, item=candidate.did, field="did")
-            seen[candidate.did] = line
-            item = candidate.item(root)
-            if item.is_empty():
-                raise InputError(f"modality {candidate.modality!r} but no text or image to read", file=str(path),
-                                 line=line, item=candidate.did, field="modality")
-        except InputError as exc:
-            if not skip_bad:
-                raise
-            bad.append({"line": line, "id": exc.item, "error": str(exc)})
-            continue
-        records.append({"id": candidate.did, "text": item.text,
-                        "images": [str(Path(p).resolve()) for p in item.images],
-                        "modality": candidate.modality, "src_content": candidate.src_content})
+        image = Path(image)
+        if not image.is_file():
+            return InputError(f"image file not found: {image}", file=file, line=line, item=item.id, field=field)
+        if image.stat().st_size == 0:
+            return InputError(f"image file is empty (0 bytes): {image}", file=file, line=line, item=item.id,
+                              field=field)
+    return None
+
+
+def _report(error: InputError, line: int) -> dict:
+    return {"line": line, "id": error.item, "field": error.field, "error": str(error)}
+
+
+def _finish(path: Path, kind: str, records: list[dict], bad: list[dict], skip_bad: bool, *, empty: str) -> Collection:
+    if bad and not skip_bad:
+        raise BadLinesError(bad, file=str(path), hint="nothing was read (fix them, or pass --skip-bad to use the rest)")
     if not records:
-        raise InputError("no candidates in this pool", file=str(path))
-    return Collection(path, "mbeir", records, bad)
+        raise InputError(empty + (f" ({len(bad)} bad line(s) skipped)" if bad else ""), file=str(path))
+    return Collection(path, kind, records, bad)
 
 
 def mbeir_root_of(pool: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Iterator
 from ..errors import InputError
 from ..items import Item, as_item
 
-ITEM_FIELDS = ("id", "text", "image", "images")
+ITEM_FIELDS = ("id", "text", "image", "images", "video")
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -35,7 +35,9 @@ def parse_json_line(raw: bytes, *, file: str, line: int) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} at column {exc.colno}", file=file, line=line) from None
+        # Some of json's messages end in "at" ("Invalid control character at"): say it once.
+        message = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+        raise InputError(f"not valid JSON: {message} at column {exc.colno}", file=file, line=line) from None
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}", file=file, line=line)
     return value
@@ -53,8 +55,8 @@ class ItemLine:
 def read_item_lines(path: str | os.PathLike) -> list[ItemLine]:
     """Every item line of a jsonl of ``{"id", "text", "image"}`` objects, good or bad.
 
-    Image paths are relative to the file's folder. A missing id becomes the line number;
-    a repeated id is an error on the later line. Images are not opened here.
+    Image paths are relative to the file's folder. A missing id becomes ``line:N`` (see
+    :func:`generated_id`); a repeated id is an error on the later line. Images are not opened here.
     """
     path = Path(path)
     if not path.is_file():
@@ -77,12 +79,25 @@ def read_item_lines(path: str | os.PathLike) -> list[ItemLine]:
     return results
 
 
+GENERATED_ID_PREFIX = "line:"
+
+
+def generated_id(line: int) -> str:
+    """The id of an item given without one: ``line:N`` (N = its 1-based line in the file).
+
+    The rule that keeps it unambiguous: an explicit id may be any non-empty string or integer
+    except one of this form, so a generated id never collides with an explicit one (``17`` and
+    ``"line:17"`` are different ids, and only the line itself can be ``line:17``).
+    """
+    return f"{GENERATED_ID_PREFIX}{line}"
+
+
 def item_from_record(record: dict, *, base_dir, line: int) -> Item:
     """An Item from a jsonl object, checking the fields lamra reads."""
-    item_id = record.get("id", str(line))
-    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-        raise InputError(f"must be a string or integer, got {type(item_id).__name__}", field="id")
-    item_id = str(item_id)
+    if "id" not in record or record["id"] is None:
+        item_id = generated_id(line)
+    else:
+        item_id = check_id(record["id"])
     known = {k: record[k] for k in ITEM_FIELDS if k in record}
     known["id"] = item_id
     for field in ("image", "images"):
@@ -92,5 +107,20 @@ def item_from_record(record: dict, *, base_dir, line: int) -> Item:
                              item=item_id, field=field)
     item = as_item(known, base_dir=base_dir)
     if item.is_empty():
-        raise InputError("empty item: it needs a non-empty 'text' or an 'image'", item=item_id, field="text")
+        raise InputError("empty item: it needs a non-empty 'text', an 'image' or a 'video'", item=item_id,
+                         field="text")
     return item
+
+
+def check_id(value) -> str:
+    """An explicit item id as a string: a non-empty string or an integer, never ``line:N``."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InputError(f"must be a string or integer, got {type(value).__name__}", field="id")
+    item_id = str(value)
+    if not item_id.strip():
+        raise InputError("empty id: give a non-empty id, or leave the field out to get line:N", field="id")
+    rest = item_id[len(GENERATED_ID_PREFIX):]
+    if item_id.startswith(GENERATED_ID_PREFIX) and rest.isdigit():
+        raise InputError(f"ids of the form line:N are kept for items given without an id; rename {item_id!r}",
+                         item=item_id, field="id")
+    return item_id

@@ -1,8 +1,9 @@
 """Search backends over an index's vectors: exact ("flat") and approximate (FAISS IVF / HNSW).
 
-All of them answer ``search(queries float32 (Q, D), k) -> scores (Q, k), positions (Q, k)``
-with positions into the index's rows (-1 where an approximate backend found fewer than k),
-best first, equal scores in increasing position. FAISS is imported inside functions.
+All of them answer ``search(queries float32 (Q, D), k) -> scores (Q, k'), positions (Q, k')``
+with k' = min(k, count) and positions into the index's rows, best first, equal scores in
+increasing position: an approximate backend widens its search for a large k rather than
+return fewer. FAISS is imported inside functions.
 """
 
 from __future__ import annotations
@@ -230,19 +231,50 @@ class FaissSearcher:
             self.index.add(block)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
+        """Top-k by the approximate index; always min(k, ntotal) results per query.
 
-        if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=int(self.params["nprobe"]))
-        else:
-            params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k))
+        IVF visits only ``nprobe`` lists, which may hold fewer than k vectors: the short queries
+        are searched again with 4x the lists until they have k (at nprobe = nlist every vector is
+        seen). HNSW's beam is at least k wide; a query still short after that is answered
+        exactly from the index's own (decoded) vectors.
+        """
         k = min(k, self.ntotal)
-        scores, positions = self.index.search(queries, k, params=params)
+        if k == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        if self.kind == "ivf":
+            nlist = int(self.params["nlist"])
+            width = min(int(self.params["nprobe"]), nlist)
+            scores, positions = self._search(queries, k, width)
+            short = _short_rows(positions)
+            while len(short) and width < nlist:
+                width = min(nlist, width * 4)
+                scores[short], positions[short] = self._search(queries[short], k, width)
+                short = short[_short_rows(positions[short])]
+        else:
+            width = max(int(self.params["ef_search"]), k)
+            scores, positions = self._search(queries, k, width)
+            short = _short_rows(positions)
+            if len(short):
+                scores[short], positions[short] = topk_over_chunks(queries[short], self._decoded_chunks,
+                                                                   self.ntotal, k)
         # FAISS orders equal scores arbitrarily: put them in position order, misses (-1) last.
         missing = positions < 0
         scores = np.where(missing, -np.inf, scores).astype(np.float32)
         order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, positions), -scores), axis=1)
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+    def _search(self, queries: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=width)
+        else:
+            params = faiss.SearchParametersHNSW(efSearch=width)
+        return self.index.search(np.ascontiguousarray(queries), k, params=params)
+
+    def _decoded_chunks(self, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.ntotal, rows):
+            yield start, self.index.reconstruct_n(start, min(rows, self.ntotal - start))
 
     def save(self, path) -> None:
         import faiss
@@ -281,6 +313,11 @@ def _one_omp_thread() -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)  # this thread scans one slice; FAISS should not fan out again
+
+
+def _short_rows(positions: np.ndarray) -> np.ndarray:
+    """Rows of a FAISS answer that found fewer than k vectors (a -1 position)."""
+    return np.nonzero((positions < 0).any(axis=1))[0]
 
 
 def _concat_reader(arrays: list[np.ndarray]):

@@ -7,7 +7,6 @@ module-level globals, so tests can run several apps side by side.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import mimetypes
 from contextlib import asynccontextmanager
@@ -19,7 +18,6 @@ from fastapi import FastAPI, Query as QueryParam, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,25 +26,30 @@ from ..items import Item
 from .engine import Query, SearchEngine
 from .limits import (ApiError, BodySizeLimit, BodyTooLarge, ServeConfig, check_bool, check_int, check_text,
                      decode_base64, decode_image)
+from .middleware import AccessLog, SecurityHeaders
 from .schemas import (ERROR_RESPONSES, SEARCH_MULTIPART_SCHEMA, EmbedRequest, EmbedResponse, ItemInfo,
                       SearchRequest, SearchResponse)
+from .uploads import hide_upload_paths, read_search_fields, remove_uploads, save_video, validation_error
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The page loads nothing from elsewhere; images come from this server or the user's own drop.
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = None) -> FastAPI:
+def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = None,
+               untrained: bool = False) -> FastAPI:
     """A server over ``index`` (a :class:`lamra.index.Index`) queried with ``retriever``.
 
     ``reranker`` is any object with ``score(query_item, candidate_items) -> P(Yes) array``;
     without one, requests asking for reranking get a 400 and the page hides its toggle.
+    ``untrained`` (a model marked as random weights, see :mod:`lamra.checkpoints`) puts the
+    CLI's warning in /info and on the page.
     """
     config = config or ServeConfig()
-    engine = SearchEngine(retriever, index, reranker=reranker, config=config)
+    engine = SearchEngine(retriever, index, reranker=reranker, config=config, untrained=untrained)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,40 +73,51 @@ def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: it times and logs refusals by the others too
     return app
 
 
 def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, device=None, dtype=None,
-             config: ServeConfig | None = None) -> FastAPI:
+             config: ServeConfig | None = None, settings=None) -> FastAPI:
     """Open the index, load the retriever (once) and the reranker, build the app.
 
     The index opens first, so a wrong folder fails before a model loads; the app refuses an
-    index made by another model, adapter or prompt format.
+    index made by another model, adapter, prompt format or settings. ``settings`` (a
+    :class:`~lamra.settings.ModelSettings`) go to both models.
     """
+    from ..checkpoints import is_untrained
     from ..index import Index
     from ..modeling.retriever import Retriever
 
     index = Index.open(index_path)
-    retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype)
+    retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype, settings=settings)
     reranker = None
     if rerank is not None:
         from ..modeling.reranker import Reranker
 
-        reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device)
-    return create_app(retriever, index, reranker=reranker, config=config)
+        reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device, dtype=dtype, settings=settings)
+    return create_app(retriever, index, reranker=reranker, config=config,
+                      untrained=is_untrained(model) or (rerank is not None and is_untrained(rerank)))
 
 
 # -- routes ----------------------------------------------------------------------------
 
 
 def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None:
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/health", summary="Liveness: the server answers and the model thread runs")
     def health() -> dict:
         return {"status": "ok" if engine.batcher.running else "starting", "items": len(engine.index)}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/info", summary="Model fingerprint, index manifest and counts, reranker, limits, batching")
     def info() -> dict:
@@ -115,8 +129,9 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
                   "application/json": {"schema": SearchRequest.model_json_schema()},
                   "multipart/form-data": {"schema": SEARCH_MULTIPART_SCHEMA}}}})
     async def search(request: Request) -> dict:
-        """Send JSON (``image`` as base64) or a multipart form (``image`` as a file upload)."""
-        fields, image_bytes = await _read_search_fields(request, config)
+        """Send JSON (``image`` / ``video`` as base64) or a multipart form (``image`` / ``video`` as file
+        uploads). A video is an mp4, webm, gif ... file; its frames are sampled as the model expects."""
+        fields, uploads = await read_search_fields(request, config)
         text = check_text(fields.get("text"), field="text", limit=config.max_text_chars)
         instruction = check_text(fields.get("instruction"), field="instruction", limit=config.max_instruction_chars)
         k = check_int(fields.get("k"), field="k", low=1, high=config.max_k, default=config.default_k)
@@ -124,15 +139,24 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
         depth = check_int(fields.get("rerank_depth"), field="rerank_depth", low=k,
                           high=max(k, config.max_rerank_depth), default=k)
         # Decoding a large image takes a while: off the event loop, after the cheap checks.
-        image = None if image_bytes is None else await run_in_threadpool(decode_image, image_bytes, field="image",
-                                                                         config=config)
-        query = Query(text=text, image=image, instruction=instruction)
-        found = await engine.search(query, k=k, rerank=rerank, rerank_depth=depth)
+        image = None if uploads.image is None else await run_in_threadpool(decode_image, uploads.image,
+                                                                           field="image", config=config)
+        saved = []
+        try:
+            video = None
+            if uploads.video is not None:
+                video = await run_in_threadpool(save_video, *uploads.video)
+                saved.append(video)
+            query = Query(text=text, image=image, instruction=instruction, video=video)
+            with hide_upload_paths(saved):
+                found = await engine.search(query, k=k, rerank=rerank, rerank_depth=depth)
+        finally:
+            remove_uploads(saved)
         base = str(request.base_url)
         results = [{**hit, "scores": {"retrieval": hit["retrieval"], "rerank": hit["rerank"], "fused": hit["fused"]},
                     **_item_fields(engine.metadata(hit["id"]), base)} for hit in found["results"]]
         return {"query": {"text": query.text, "instruction": query.instruction, "has_image": query.image is not None,
-                          "k": k, "rerank": rerank},
+                          "has_video": query.video is not None, "k": k, "rerank": rerank},
                 "results": results, "timings": found["timings"]}
 
     @app.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,
@@ -144,9 +168,14 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
             raise ApiError(400, "too_many_items", f"{len(body.items)} items, over the limit of "
                                                   f"{config.max_embed_items}", field="items")
         instruction = check_text(body.instruction, field="instruction", limit=config.max_instruction_chars)
-        items = [await run_in_threadpool(_embed_item, entry, position, config)
-                 for position, entry in enumerate(body.items)]
-        vectors = await engine.embed(items, instruction)
+        saved: list[Path] = []
+        try:
+            items = [await run_in_threadpool(_embed_item, entry, position, config, saved)
+                     for position, entry in enumerate(body.items)]
+            with hide_upload_paths(saved):
+                vectors = await engine.embed(items, instruction)
+        finally:
+            remove_uploads(saved)
         return {"ids": [entry.id for entry in body.items], "dim": int(vectors.shape[1]),
                 "vectors": vectors.tolist(), "model": engine.retriever.fingerprint()}
 
@@ -162,7 +191,8 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
             return FileResponse(path, media_type=media if media.startswith("image/") else "application/octet-stream",
                                 headers=headers)
         side = check_int(thumb, field="thumb", low=16, high=config.thumbnail_max_side, default=256)
-        return Response(_thumbnail(path, side, item_id), media_type="image/jpeg", headers=headers)
+        limit = engine.retriever_settings().image_pixel_limit
+        return Response(_thumbnail(path, side, item_id, limit), media_type="image/jpeg", headers=headers)
 
     @app.get("/items/{item_id:path}", response_model=ItemInfo, responses={404: ERROR_RESPONSES[400]},
              summary="An indexed item's text and image URLs")
@@ -171,59 +201,20 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
         return {"id": item_id, **_item_fields(meta, str(request.base_url))}
 
 
-async def _read_search_fields(request: Request, config: ServeConfig) -> tuple[dict, bytes | None]:
-    """The fields of a /search request and its image bytes, from JSON or a multipart form."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/json":
-        try:
-            payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise ApiError(400, "bad_json", "the body must be a JSON object")
-        try:
-            fields = SearchRequest.model_validate(payload).model_dump()
-        except ValidationError as exc:
-            raise _validation_error(exc.errors()) from None
-        image = fields.pop("image")
-        return fields, None if image in (None, "") else decode_base64(image, field="image",
-                                                                      limit=config.max_upload_bytes)
-    if kind == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16, max_part_size=config.max_text_chars * 4 + 1024)
-        known = set(SEARCH_MULTIPART_SCHEMA["properties"])
-        unknown = sorted(set(form.keys()) - known)
-        if unknown:
-            raise ApiError(400, "unknown_field", f"unknown form field(s): {', '.join(unknown)}", field=unknown[0])
-        fields = {name: form.get(name) for name in known - {"image"}}
-        for name, value in fields.items():
-            if value is not None and not isinstance(value, str):
-                raise ApiError(400, "bad_field", f"{name} must be a plain form field, not a file", field=name)
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            if upload:  # a text field where a file belongs
-                raise ApiError(400, "not_an_image", "image must be a file upload in a multipart form", field="image")
-            return fields, None
-        data = await upload.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise ApiError(413, "upload_too_large", f"image is over the upload limit of {config.max_upload_bytes} "
-                                                    "bytes", field="image")
-        if not data and not upload.filename:  # a form whose file input was left empty
-            return fields, None
-        return fields, data
-    raise ApiError(415, "unsupported_media_type",
-                   f"send application/json or multipart/form-data, not {kind or 'no content type'}")
-
-
-def _embed_item(entry, position: int, config: ServeConfig) -> Item:
+def _embed_item(entry, position: int, config: ServeConfig, saved: list) -> Item:
     where = f"items[{position}]"
     text = check_text(entry.text, field=f"{where}.text", limit=config.max_text_chars)
-    image = None
+    image = video = None
     if entry.image:
         data = decode_base64(entry.image, field=f"{where}.image", limit=config.max_upload_bytes)
         image = decode_image(data, field=f"{where}.image", config=config)
-    if text is None and image is None:
-        raise ApiError(400, "empty_item", f"{where} has no text and no image", field=where)
-    return Item(text=text, images=[image] if image is not None else [], id=entry.id)
+    if entry.video:
+        data = decode_base64(entry.video, field=f"{where}.video", limit=config.max_video_bytes)
+        video = save_video(data, None, field=f"{where}.video")
+        saved.append(video)
+    if text is None and image is None and video is None:
+        raise ApiError(400, "empty_item", f"{where} has no text, image or video", field=where)
+    return Item(text=text, images=[image] if image is not None else [], id=entry.id, video=video)
 
 
 def _item_fields(meta: dict, base_url: str) -> dict[str, Any]:
@@ -233,32 +224,38 @@ def _item_fields(meta: dict, base_url: str) -> dict[str, Any]:
     return {"text": meta.get("text"), "image_url": url, "thumbnail_url": f"{url}?thumb=256" if url else None}
 
 
-def _thumbnail(path: Path, side: int, item_id: str) -> bytes:
+def _thumbnail(path: Path, side: int, item_id: str, pixel_limit: int) -> bytes:
+    """A JPEG of at most ``side`` pixels a side; transparent images are laid on white (JPEG has no alpha)."""
+    from PIL import Image
+
     from ..errors import InputError
-    from ..items import load_image
+    from ..items import image_size
 
     try:
-        image = load_image(path, item=item_id)
+        image_size(path, pixel_limit=pixel_limit, item=item_id)  # the loader's checks and messages
+        with Image.open(path) as handle:
+            handle.seek(0)  # the first frame of an animation
+            handle.draft("RGB", (side, side))  # a JPEG decodes at a reduced scale
+            image = handle.convert("RGBA") if _has_alpha(handle) else handle.convert("RGB")
     except InputError as exc:
         raise ApiError(500, "image_unreadable", f"the indexed image of item {item_id!r} cannot be read: "
                                                 f"{exc.reason}", field="id") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(500, "image_unreadable", f"the indexed image of item {item_id!r} cannot be read: "
+                                                f"corrupt or truncated image ({exc})", field="id") from None
     image.thumbnail((side, side))
+    if image.mode == "RGBA":  # composite onto white: a bare convert would show transparent pixels black
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
     return out.getvalue()
 
 
+def _has_alpha(image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+
+
 # -- errors and headers ------------------------------------------------------------------
-
-
-def _validation_error(errors: list[dict]) -> ApiError:
-    first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    field = ".".join(location) or None
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "extra_forbidden":
-        return ApiError(400, "unknown_field", f"unknown field {field!r}", field=field)
-    return ApiError(400, "bad_field", f"{field}: {message}" if field else message, field=field)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -267,12 +264,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
+    async def request_validation_error(request: Request, exc: RequestValidationError):
         errors = list(exc.errors())
         if errors and errors[0].get("type") == "json_invalid":
             error = ApiError(400, "bad_json", "the body is not valid JSON")
         else:
-            error = _validation_error(errors)
+            error = validation_error(errors)
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(BodyTooLarge)
@@ -290,24 +287,3 @@ def _add_error_handlers(app: FastAPI) -> None:
         logger.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}", "code": "internal", "field": None},
                             status_code=500)
-
-
-class SecurityHeaders:
-    """ASGI middleware adding nosniff and no-referrer to every response."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-

@@ -32,21 +32,31 @@ class ScoresCandidates(Protocol):
     def score(self, query_item: Any, candidate_items: Sequence[Any]) -> np.ndarray: ...
 
 
+# The id of every query item: errors about a query's image or video name "query", not a batch slot.
+QUERY_ID = "query"
+
+
 @dataclass(frozen=True)
 class Query:
-    """One search request, already checked: text and/or an RGB PIL image, an instruction."""
+    """One search request, already checked: text, an RGB PIL image and / or a video file, an instruction."""
 
     text: str | None = None
     image: Any = None
     instruction: str | None = None
+    video: Any = None
+
+    def is_empty(self) -> bool:
+        return self.text is None and self.image is None and self.video is None
 
     def item(self) -> Item:
-        return Item(text=self.text, images=[self.image] if self.image is not None else [])
+        return Item(text=self.text, images=[self.image] if self.image is not None else [], id=QUERY_ID,
+                    video=self.video)
 
     def with_instruction_in_text(self) -> Item:
         """For a reranker without an ``instruction`` argument: instruction, then the query text."""
         text = " ".join(part for part in (self.instruction, self.text) if part) or None
-        return Item(text=text, images=[self.image] if self.image is not None else [])
+        return Item(text=text, images=[self.image] if self.image is not None else [], id=QUERY_ID,
+                    video=self.video)
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,9 @@ class SearchEngine:
     """Owns the retriever, index, optional reranker and the batching queue of one server."""
 
     def __init__(self, retriever, index, *, reranker: ScoresCandidates | None = None,
-                 config: ServeConfig | None = None):
+                 config: ServeConfig | None = None, untrained: bool = False):
         self.retriever = retriever
+        self.untrained = untrained
         self.index = index
         self.reranker = reranker
         self.config = config or ServeConfig()
@@ -107,7 +118,7 @@ class SearchEngine:
             # One index call for every query of the batch, at the largest k asked.
             scores, ids = self.index.search(vectors[searching], max(jobs[row].k for row in searching))
             for position, row in enumerate(searching):
-                # An approximate backend may find fewer than k (shorter id list, -inf scores).
+                # (Every backend returns min(k, count) results; the slice keeps each query its own k.)
                 found = list(ids[position][: jobs[row].k])
                 results[row] = _Encoded(vectors[row], np.asarray(scores[position][: len(found)], np.float32), found)
         return results
@@ -131,8 +142,8 @@ class SearchEngine:
     async def search(self, query: Query, *, k: int, rerank: bool = False,
                      rerank_depth: int | None = None) -> dict:
         """Top-k for one query: ids with retrieval, rerank and fused scores, best first."""
-        if query.text is None and query.image is None:
-            raise ApiError(400, "empty_query", "give a query text and/or an image", field="text")
+        if query.is_empty():
+            raise ApiError(400, "empty_query", "give a query text, an image or a video", field="text")
         if rerank and self.reranker is None:
             raise ApiError(400, "rerank_unavailable",
                            "this server has no reranker; start it with --rerank MODEL or search with rerank off",
@@ -211,10 +222,21 @@ class SearchEngine:
                            field="id")
         return path
 
+    def retriever_settings(self):
+        """The retriever's :class:`~lamra.settings.ModelSettings` (the defaults for a stand-in without)."""
+        from ..settings import ModelSettings
+
+        settings = getattr(self.retriever, "settings", None)
+        return settings if isinstance(settings, ModelSettings) else ModelSettings()
+
     def info(self) -> dict:
+        from ..checkpoints import UNTRAINED_WARNING
+
         manifest = dict(self.index.manifest)
         return {
             "model": self.retriever.fingerprint(),
+            "untrained": self.untrained,
+            "warnings": [UNTRAINED_WARNING] if self.untrained else [],
             "index": {"manifest": manifest, "count": len(self.index)},  # not its folder: no paths leave
             "reranker": describe_reranker(self.reranker),
             "limits": self.config.public(),
@@ -226,7 +248,11 @@ class SearchEngine:
 def candidate_item(meta: dict) -> Item:
     """An indexed item, rebuilt from its metadata for the reranker."""
     images = meta.get("images") or ([meta["image"]] if meta.get("image") else [])
-    return Item(text=meta.get("text") or None, images=[Path(p) for p in images], id=meta.get("id"))
+    video = meta.get("video") or None
+    if isinstance(video, list):
+        video = [Path(frame) for frame in video]
+    return Item(text=meta.get("text") or None, images=[Path(p) for p in images], id=meta.get("id"),
+                video=Path(video) if isinstance(video, str) else video)
 
 
 def describe_reranker(reranker) -> dict | None:

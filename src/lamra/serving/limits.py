@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class ServeConfig:
     """Limits and batching settings of one server (defaults suit a single GPU)."""
 
     max_upload_bytes: int = 10 * 1024 * 1024  # one uploaded image, raw bytes
+    max_video_bytes: int = 50 * 1024 * 1024  # one uploaded video file, raw bytes
     max_image_pixels: int = 25_000_000  # width * height, checked before decoding
     max_text_chars: int = 4000  # query text
     max_instruction_chars: int = 1000
@@ -35,13 +37,15 @@ class ServeConfig:
 
     @property
     def max_body_bytes(self) -> int:
-        """A whole request body: base64 grows an image by 4/3, plus room for the other fields."""
-        return (self.max_upload_bytes * 4) // 3 + 64 * 1024 + self.max_embed_items * self.max_text_chars * 4
+        """A whole request body: base64 grows an upload by 4/3, plus room for the other fields."""
+        largest = max(self.max_upload_bytes, self.max_video_bytes)
+        return (largest * 4) // 3 + 64 * 1024 + self.max_embed_items * self.max_text_chars * 4
 
     def public(self) -> dict:
         """The limits a client needs to know (shown by /info and the page)."""
         return {
             "max_upload_bytes": self.max_upload_bytes,
+            "max_video_bytes": self.max_video_bytes,
             "max_image_pixels": self.max_image_pixels,
             "max_text_chars": self.max_text_chars,
             "max_instruction_chars": self.max_instruction_chars,
@@ -137,8 +141,12 @@ def decode_image(data: bytes, *, field: str, config: ServeConfig):
                        f"{field} has {len(data)} bytes, over the upload limit of {config.max_upload_bytes}",
                        field=field)
     try:
-        # Image.open reads only the header, so the pixel check runs before any decoding.
-        with Image.open(io.BytesIO(data)) as handle:
+        # Image.open reads only the header, so the pixel check runs before any decoding; PIL's own
+        # warning for big images is dropped (this check refuses them with the server's number).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as handle:
             width, height = handle.size
             if width * height > config.max_image_pixels:
                 raise ApiError(413, "image_too_large",
@@ -148,15 +156,17 @@ def decode_image(data: bytes, *, field: str, config: ServeConfig):
                 raise ApiError(400, "corrupt_image", f"{field} has zero size", field=field)
             handle.seek(0)  # the first frame of an animation
             handle.load()
+            if handle.mode == "P" and "transparency" in handle.info:
+                return handle.convert("RGBA").convert("RGB")  # the same pixels, without PIL's warning
             return handle.convert("RGB")
     except ApiError:
         raise
     except UnidentifiedImageError:
         raise ApiError(400, "not_an_image", f"{field}: the data is not an image (PNG, JPEG, WebP, GIF, BMP... expected)",
                        field=field) from None
-    except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"{field} is too large (decompression-bomb guard)",
-                       field=field) from None
+    except Image.DecompressionBombError:  # over twice PIL's own guard, refused while reading the header
+        raise ApiError(413, "image_too_large", f"{field} has more than {config.max_image_pixels} pixels, the "
+                                               "limit (decompression-bomb guard)", field=field) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ApiError(400, "corrupt_image", f"{field}: corrupt or truncated image: {exc}",
                        field=field) from None

@@ -14,6 +14,8 @@ class SearchRequest(BaseModel):
 
     text: Optional[str] = Field(None, description="Query text.", examples=["a red car"])
     image: Optional[str] = Field(None, description="Query image as base64 (a data: URL prefix is allowed).")
+    video: Optional[str] = Field(None, description="Query video file (mp4, webm, gif ...) as base64; its frames "
+                                                   "are sampled as Qwen2-VL expects (at most max_video_bytes).")
     instruction: Optional[str] = Field(None, description="Task instruction put before the query text "
                                                          "(LamRA query prompt).")
     k: Optional[int] = Field(None, description="How many results (default 10, at most max_k of /info).")
@@ -27,6 +29,7 @@ SEARCH_MULTIPART_SCHEMA = {
     "properties": {
         "text": {"type": "string", "description": "Query text."},
         "image": {"type": "string", "format": "binary", "description": "Query image file."},
+        "video": {"type": "string", "format": "binary", "description": "Query video file (mp4, webm, gif ...)."},
         "instruction": {"type": "string", "description": "Task instruction."},
         "k": {"type": "integer", "description": "How many results."},
         "rerank": {"type": "boolean", "description": "Rerank the top candidates."},
@@ -56,6 +59,7 @@ class QueryEcho(BaseModel):
     text: Optional[str]
     instruction: Optional[str]
     has_image: bool
+    has_video: bool = False
     k: int
     rerank: bool
 
@@ -72,6 +76,7 @@ class EmbedItem(BaseModel):
     id: Optional[str] = Field(None, description="Echoed back in the response.")
     text: Optional[str] = None
     image: Optional[str] = Field(None, description="Image as base64 (a data: URL prefix is allowed).")
+    video: Optional[str] = Field(None, description="Video file (mp4, webm, gif ...) as base64.")
 
 
 class EmbedRequest(BaseModel):

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let queryImage = null; // the File chosen, dropped or pasted
+let queryFile = null; // the image or video File chosen, dropped or pasted
+let queryKind = null; // "image" or "video": the form field it is sent as
 
 function setStatus(message, isError = false) {
   const status = $("status");
@@ -18,6 +19,10 @@ async function loadInfo() {
     const model = info.model && info.model.model ? String(info.model.model).split("/").pop() : "?";
     $("server-info").textContent =
       `${info.index.count} items · model ${model}` + (info.reranker ? ` · reranker ${info.reranker.class}` : "");
+    // The same warning the CLI prints, e.g. for a model with random weights.
+    const warnings = info.warnings || [];
+    $("model-warning").textContent = warnings.map((w) => `Warning: ${w}`).join(" ");
+    $("model-warning").hidden = warnings.length === 0;
     // Without a reranker the server refuses rerank requests, so the toggle is not offered.
     $("rerank-toggle").hidden = !info.reranker;
   } catch (error) {
@@ -25,23 +30,34 @@ async function loadInfo() {
   }
 }
 
+function fileKind(file) {
+  if (file.type.startsWith("image/")) return "image";
+  if (file.type.startsWith("video/")) return "video";
+  return null;
+}
+
 function setImage(file) {
-  if (file && !file.type.startsWith("image/")) {
-    setStatus(`${file.name} is not an image`, true);
+  if (file && !fileKind(file)) {
+    setStatus(`${file.name} is not an image or a video`, true);
     return;
   }
-  queryImage = file || null;
-  const preview = $("image-preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
-  if (queryImage) {
-    preview.src = URL.createObjectURL(queryImage);
-  } else {
+  queryFile = file || null;
+  queryKind = file ? fileKind(file) : null;
+  for (const id of ["image-preview", "video-preview"]) {
+    const preview = $(id);
+    if (preview.src) URL.revokeObjectURL(preview.src);
     preview.removeAttribute("src");
+    preview.hidden = true;
+  }
+  if (queryFile) {
+    const preview = $(queryKind === "video" ? "video-preview" : "image-preview");
+    preview.src = URL.createObjectURL(queryFile);
+    preview.hidden = false;
+  } else {
     $("image-input").value = "";
   }
-  preview.hidden = !queryImage;
-  $("clear-image").hidden = !queryImage;
-  $("dropzone-label").hidden = !!queryImage;
+  $("clear-image").hidden = !queryFile;
+  $("dropzone-label").hidden = !!queryFile;
 }
 
 function wireDropzone() {
@@ -133,13 +149,13 @@ function renderResults(data) {
 async function search(event) {
   event.preventDefault();
   const text = $("query").value.trim();
-  if (!text && !queryImage) {
-    setStatus("Type a query or add an image.", true);
+  if (!text && !queryFile) {
+    setStatus("Type a query or add an image or a video.", true);
     return;
   }
   const form = new FormData();
   if (text) form.append("text", text);
-  if (queryImage) form.append("image", queryImage, queryImage.name || "query.png");
+  if (queryFile) form.append(queryKind, queryFile, queryFile.name || (queryKind === "video" ? "query.mp4" : "query.png"));
   const instruction = $("instruction").value.trim();
   if (instruction) form.append("instruction", instruction);
   form.append("k", $("k").value);
@@ -153,6 +169,8 @@ async function search(event) {
     const response = await fetch("/search", { method: "POST", body: form });
     const data = await response.json();
     if (!response.ok) {
+      // The results on screen belong to an earlier query: do not leave them under the error.
+      $("results").replaceChildren();
       setStatus(`Error ${response.status}: ${data.detail || "request failed"}`, true);
       return;
     }
@@ -160,6 +178,7 @@ async function search(event) {
     const ms = Math.round(performance.now() - started);
     setStatus(`${data.results.length} results in ${ms} ms` + (data.query.rerank ? " (reranked)" : ""));
   } catch (error) {
+    $("results").replaceChildren();
     setStatus(`Request failed: ${error}`, true);
   } finally {
     button.disabled = false;

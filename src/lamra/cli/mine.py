@@ -1,0 +1,77 @@
+"""``lamra mine``: hard negatives for reranker training (each training query's top-k)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+                      model_settings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mine")(mine)
+
+
+def mine(
+    model: str = MODEL,
+    data: Path = typer.Option(..., "--data", help="M-BEIR root (query/union_train or query/train, and "
+                                                  "cand_pool/global/mbeir_union_train_cand_pool.jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The mined jsonl to write (an interrupted run there resumes)."),
+    lora: Optional[Path] = LORA,
+    k: int = typer.Option(100, "--k", min=1, help="Candidates kept per query (the released code: 100)."),
+    queries: Optional[list[Path]] = typer.Option(None, "--queries", help="Query jsonl file(s) (default: "
+                                                                         "query/union_train, else query/train/*)."),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Candidate pool jsonl (default: the union train pool)."),
+    pools: str = typer.Option("task", "--pools", help="task: each query ranks its task's part of the pool (its "
+                                                      "dataset and candidate modality); union: the whole pool."),
+    instructions: str = typer.Option("first", "--instructions", help="first: the first instruction of the task; "
+                                                                     "random: the released code's seeded choice. "
+                                                                     "A query line's own 'instruction' wins."),
+    seed: int = typer.Option(0, help="Seed of --instructions random."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    shard_size: int = typer.Option(1024, "--shard-size", help="Items per checkpointed shard."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Most items in one forward pass."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    max_pixels: Optional[int] = MAX_PIXELS,
+    min_pixels: Optional[int] = MIN_PIXELS,
+    positions: Optional[str] = POSITIONS,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+) -> None:
+    """Embed the training queries with a retriever and store each one's top-k, its positives and
+    its negatives (the top-k minus the positives), for `lamra train reranker`.
+
+    Killed and started again with the same arguments, it resumes. Under torchrun every process
+    encodes its share and rank 0 searches and writes.
+    """
+    from ..training.mining import plan_mining, work_folder
+    from .models import check_sources, load_retriever
+
+    check_sources(model, lora)
+    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    # Bad data fails here, in one line, before the model loads (mine() reads it again: cheap).
+    plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
+    rank = int(os.environ.get("RANK", "0"))
+    if work_folder(out).is_dir() and rank == 0:
+        typer.echo(f"resuming the interrupted run in {work_folder(out)}", err=True)
+    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
+    from ..training.mining import mine as run
+
+    summary = run(retriever, data, out, k=k, queries=queries, pool=pool, pools=pools, instructions=instructions,
+                  seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force)
+    if rank != 0:
+        return
+    typer.echo(f"{'task':<24}{'queries':>8}{'pool':>9}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    for name, stats in summary.tasks.items():
+        typer.echo(f"{name:<24}{stats['queries']:>8}{stats['pool']:>9}{stats['recall@1']:>8.1f}"
+                   f"{stats['recall@5']:>8.1f}{stats['recall@10']:>8.1f}")
+    without = sum(stats["without_negatives"] for stats in summary.tasks.values())
+    typer.echo(f"mined the top {k} of {summary.queries} queries into {out}"
+               + (f"; {without} query(ies) have no negative in their top {k}" if without else ""))
