@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench clean chromium
+.PHONY: install test test-slow demo bench clean chromium data-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ chromium:
 	@test -x /usr/bin/chromium || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
 		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) || \
 		echo "could not install chromium: the browser test will be skipped"
+
+# The demo data set's sources (lamra data demo, docs/demo-data.md) and the cairo library that draws
+# the cliparts; installed when missing (root with apt-get, as on CI). Without them the demo uses
+# the synthetic mini M-BEIR.
+DATA_PACKAGES := openclipart-svg dataset-fashion-mnist wordnet-base libcairo2
+data-packages:
+	@if dpkg -s $(DATA_PACKAGES) >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then \
+		echo "not root or no apt-get: the demo data needs $(DATA_PACKAGES) (else the demo uses the synthetic mini M-BEIR)"; \
+	else (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DATA_PACKAGES) >/dev/null || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DATA_PACKAGES) >/dev/null)) || \
+		echo "could not install $(DATA_PACKAGES): the demo will use the synthetic mini M-BEIR"; \
+	fi
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q

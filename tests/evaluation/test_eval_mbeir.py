@@ -45,15 +45,22 @@ def chance(pool_size: int, positives: int, k: int) -> float:
     return 1 - comb(pool_size - positives, k) / comb(pool_size, k)
 
 
-@pytest.mark.parametrize("pool", ["local", "global"])
+@pytest.mark.parametrize("pool", ["local", "global", "global-union", "global-lamra"])
 def test_an_oracle_scores_100_on_every_task(root, tmp_path, pool):
     evaluation = evaluate_mbeir(root, OracleEncoder(oracle_positives(root)), tmp_path, pool=pool, show_progress=False)
     assert [r.task for r in evaluation.results] == [t.name for t in TASKS]
     assert all(r.score == 100.0 for r in evaluation.results), [(r.task, r.score) for r in evaluation.results]
     assert evaluation.average == 100.0
     sizes = {r.pool_size for r in evaluation.results}
-    union = count_lines(MBEIRLayout(root).global_pool())
-    assert sizes == {union} if pool == "global" else max(sizes) < union
+    layout = MBEIRLayout(root)
+    union = count_lines(layout.global_pool())
+    local = {t.name: count_lines(layout.local_pool(t.name)) for t in TASKS}
+    if pool in ("global", "global-union"):
+        assert sizes == {union}
+    elif pool == "global-lamra":  # the 16 local pools concatenated (here disjoint, so as many as the union)
+        assert sizes == {sum(local.values())}
+    else:
+        assert [r.pool_size for r in evaluation.results] == [local[t.name] for t in TASKS]
 
 
 def test_a_random_encoder_scores_the_chance_level_of_the_pool_sizes(root, tmp_path):

@@ -136,3 +136,63 @@ def test_in_memory_index_add(tiny_retriever, image_files):
     index.add(records(2, image_files, prefix="m"), tiny_retriever, show_progress=False)
     assert index.ids[-2:] == ["m0", "m1"] and index.path is None
     assert json.dumps(index.manifest)  # plain JSON
+
+
+# -- per-item instructions ------------------------------------------------------------------
+
+
+def test_one_instruction_per_item_goes_with_its_item_through_every_shard(tmp_path, tiny_retriever, image_files):
+    items = records(7, image_files)
+    instructions = [None if n % 3 == 0 else f"Find item {n}." for n in range(7)]
+    index = Index.build(items, tiny_retriever, tmp_path / "idx", shard_size=3, dtype="float32",
+                        instruction=instructions, show_progress=False)
+    expected = tiny_retriever.encode(items, instruction=instructions, show_progress=False)
+    np.testing.assert_allclose(index.vectors(), expected, atol=2e-5)
+    plain = tiny_retriever.encode(items, show_progress=False)
+    assert not np.allclose(index.vectors()[1], plain[1], atol=1e-3)  # the instruction did change the vector
+    assert "instructions_sha256" in index.manifest["build"] and "instruction" not in index.manifest["build"]
+    # One string is every item's instruction.
+    shared = Index.build(items, tiny_retriever, tmp_path / "one", shard_size=3, dtype="float32",
+                         instruction="Find it.", show_progress=False)
+    np.testing.assert_allclose(shared.vectors(), tiny_retriever.encode(items, "Find it.", show_progress=False),
+                               atol=2e-5)
+    assert shared.manifest["build"]["instruction"] == "Find it."
+    with pytest.raises(InputError, match="2 instructions for 7 items"):
+        Index.build(items, tiny_retriever, tmp_path / "bad", instruction=["a", "b"], show_progress=False)
+
+
+def test_instructions_stay_with_their_items_when_a_bad_one_is_skipped(tmp_path, tiny_retriever, image_files):
+    items = records(5, image_files)
+    items[2]["image"] = str(tmp_path / "missing.png")
+    instructions = [f"Instruction {n}." for n in range(5)]
+    index = Index.build(items, tiny_retriever, tmp_path / "idx", shard_size=5, dtype="float32", skip_bad=True,
+                        instruction=instructions, show_progress=False)
+    kept = [0, 1, 3, 4]
+    assert index.ids == [f"t{n}" for n in kept]
+    expected = tiny_retriever.encode([items[n] for n in kept], instruction=[instructions[n] for n in kept],
+                                     show_progress=False)
+    np.testing.assert_allclose(index.vectors(), expected, atol=2e-5)
+
+
+def test_a_build_with_other_instructions_is_neither_resumed_nor_taken_as_done(tmp_path, tiny_retriever, image_files):
+    items = records(6, image_files)
+    with pytest.raises(KeyboardInterrupt):
+        Index.build(items, Interrupting(tiny_retriever, shards=1), tmp_path / "idx", shard_size=2,
+                    instruction="First.", show_progress=False)
+    with pytest.raises(InputError, match="other instructions"):
+        Index.build(items, tiny_retriever, tmp_path / "idx", shard_size=2, instruction="Second.", show_progress=False)
+    resumed = Interrupting(tiny_retriever)
+    Index.build(items, resumed, tmp_path / "idx", shard_size=2, instruction="First.", show_progress=False)
+    assert resumed.encoded == 4  # shard 0 was kept
+    assert Index.build(items, resumed, tmp_path / "idx", instruction="First.", show_progress=False).ids  # done: a no-op
+    with pytest.raises(InputError, match="already exists"):
+        Index.build(items, tiny_retriever, tmp_path / "idx", instruction="Second.", show_progress=False)
+
+
+def test_add_takes_instructions_too(tmp_path, tiny_retriever, image_files):
+    index = Index.build(records(2, image_files), tiny_retriever, tmp_path / "idx", dtype="float32",
+                        show_progress=False)
+    new = records(3, image_files, prefix="q")
+    index.add(new, tiny_retriever, instruction=["A.", None, "C."], show_progress=False)
+    expected = tiny_retriever.encode(new, instruction=["A.", None, "C."], show_progress=False)
+    np.testing.assert_allclose(Index.open(tmp_path / "idx").vectors()[2:], expected, atol=2e-5)

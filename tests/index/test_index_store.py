@@ -158,3 +158,27 @@ def test_save_an_opened_index_elsewhere(saved, tmp_path):
     opened = Index.open(copy)
     assert opened.ids == Index.open(path).ids and opened.metadata("id9")["text"] == "item 9"
     np.testing.assert_array_equal(opened.vectors(), Index.open(path).vectors())
+
+
+SETTINGS = {"max_pixels": 235200, "min_pixels": 3136, "positions": "1d", "max_tokens": 1024}
+
+
+def test_other_settings_are_refused_by_name(tmp_path):
+    Index.from_vectors(unit(3, 0), ["a", "b", "c"], {**FP, "settings": SETTINGS}, path=tmp_path / "i")
+    assert Index.open(tmp_path / "i", expect={**FP, "settings": SETTINGS}).manifest["settings"] == SETTINGS
+    with pytest.raises(IncompatibleArtifactError) as caught:
+        Index.open(tmp_path / "i", expect={**FP, "settings": {**SETTINGS, "max_pixels": 1000, "positions": "mrope"}})
+    message = str(caught.value)
+    assert "setting max_pixels: index has 235200, you use 1000" in message
+    assert "setting positions: index has '1d', you use 'mrope'" in message
+    assert "max_tokens" not in message and "rebuild" in message
+
+
+def test_an_index_from_before_settings_and_the_new_prompt_format_is_refused_naming_both(saved):
+    path = saved[0]  # made with prompt format lamra-ret-1 and no settings recorded
+    with pytest.raises(IncompatibleArtifactError) as caught:
+        Index.open(path, expect={**FP, "prompt_format": "lamra-ret-2", "settings": SETTINGS})
+    message = str(caught.value)
+    assert "prompt_format: index has 'lamra-ret-1', you use 'lamra-ret-2'" in message
+    assert "settings: the index records none" in message
+    Index.open(path, expect=dict(FP))  # an encoder without settings (a baseline) still opens it

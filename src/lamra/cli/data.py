@@ -1,4 +1,4 @@
-"""``lamra data validate`` and ``lamra data synth``: M-BEIR folders, checked or made."""
+"""``lamra data validate``, ``lamra data synth`` and ``lamra data demo``: M-BEIR folders, checked or made."""
 
 from __future__ import annotations
 
@@ -60,3 +60,43 @@ def synth(
     counts = manifest["counts"]
     typer.echo(f"wrote {out}: {counts['test_query_lines']} test and {counts['train_query_lines']} train queries, "
                f"{counts['union_test_pool_lines']} test candidates, {counts['images']} images")
+
+
+@data_app.command("demo")
+def demo(
+    out: Path = typer.Argument(..., help="Folder to create (an M-BEIR root with its own tasks.json)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed (and sources) writes the same files."),
+    size: str = typer.Option("small", help="'small' (about 4,200 train queries, test pools of 300; ~1 min) "
+                                           "or 'full' (test pools of 1,000, up to 20,000 train queries per "
+                                           "task; ~4 min)."),
+    image_size: int = typer.Option(112, help="Side of every image, in pixels."),
+    workers: int = typer.Option(2, help="Processes rendering the cliparts (the output does not depend on it)."),
+    clipart_dir: Optional[Path] = typer.Option(None, help="OpenClipart SVG folder "
+                                                          "(default: the openclipart-svg package's)."),
+    fashion_mnist_dir: Optional[Path] = typer.Option(None, help="Folder of the Fashion-MNIST idx gz files "
+                                                                "(default: the dataset-fashion-mnist package's)."),
+    wordnet_dir: Optional[Path] = typer.Option(None, help="Folder of WordNet's data.* files "
+                                                          "(default: wordnet-base's)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it is an earlier demo data set."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Write the demo data set from offline Debian packages: cliparts, Fashion-MNIST, WordNet
+    (docs/demo-data.md). Without the packages, says what to install."""
+    from ..data.demo_data import DemoConfig, DemoSources, SourcesMissing, build_demo_data
+
+    defaults = DemoSources()
+    sources = DemoSources(clipart=clipart_dir or defaults.clipart,
+                          fashion_mnist=fashion_mnist_dir or defaults.fashion_mnist,
+                          wordnet=wordnet_dir or defaults.wordnet)
+    config = DemoConfig.preset(size, seed=seed, image_size=image_size)
+    try:
+        manifest = build_demo_data(out, config, sources, overwrite=force, workers=workers, show_progress=not quiet)
+    except SourcesMissing as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    counts = manifest["counts"]
+    test = sum(n for key, n in counts["queries"].items() if key.startswith("test/"))
+    skipped = sum(manifest["skipped"].values())
+    typer.echo(f"wrote {out}: {counts['queries']['train/union']} train and {test} test queries over "
+               f"{len(manifest['tasks'])} tasks, {counts['images']} images, {counts['pairs'].get('train', 0)} "
+               f"train text pairs; {skipped} source items skipped (see {out}/demo-data.json)")

@@ -12,6 +12,7 @@ Large files are streamed line by line (:func:`iter_queries`, :func:`iter_candida
 loads a whole pool unless the caller collects it. The checks of a record live in one place
 (:func:`query_problems`, :func:`candidate_problems`) and serve both the reader, which stops at the
 first problem, and ``lamra data validate`` (:mod:`lamra.data.mbeir_validate`), which reports all.
+The instruction table and how a query gets its instruction live in :mod:`lamra.data.mbeir_instructions`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Iterator
 
 from ..errors import InputError
 from ..items import Item
-from ..prompts import format_text
 from .jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -68,20 +68,22 @@ ID_PATTERN = re.compile(r"^\d+:\d+$")  # "{dataset_id}:{n}", for both qid and di
 
 @dataclass(frozen=True)
 class Task:
-    """One of the 16 M-BEIR evaluation tasks, e.g. ``mscoco_task0``."""
+    """One of the 16 M-BEIR evaluation tasks, e.g. ``mscoco_task0``, or a task a data set
+    declares in its ``tasks.json`` (:func:`declared_tasks`)."""
 
     name: str
     dataset: str
     task_id: int
     recall_k: int  # the task's metric is Recall@recall_k (a hit rate)
+    declared: tuple[int, str] | None = None  # (dataset id, display name) of a declared task's dataset
 
     @property
     def dataset_id(self) -> int:
-        return DATASETS[self.dataset][0]
+        return self.declared[0] if self.declared else DATASETS[self.dataset][0]
 
     @property
     def display_dataset(self) -> str:
-        return DATASETS[self.dataset][1]
+        return self.declared[1] if self.declared else DATASETS[self.dataset][1]
 
     @property
     def query_modality(self) -> str:
@@ -119,36 +121,109 @@ TASKS: tuple[Task, ...] = tuple(_task(d, t) for d, t in [
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, root: str | os.PathLike | None = None) -> Task:
+    """An M-BEIR task, or (given the data set's ``root``) one its ``tasks.json`` declares."""
+    declared = {task.name: task for task in declared_tasks(root)} if root is not None else {}
+    if name in declared:
+        return declared[name]
     try:
         return TASKS_BY_NAME[name]
     except KeyError:
-        raise InputError(f"unknown M-BEIR task {name!r}; the tasks are: {', '.join(TASKS_BY_NAME)}") from None
+        known = ", ".join([*declared, *TASKS_BY_NAME])
+        raise InputError(f"unknown M-BEIR task {name!r}; the tasks are: {known}") from None
 
 
-# The first instruction of each (dataset_id, query modality, candidate modality): the built-in
-# fallback when instructions/query_instructions.tsv is absent (spec section 6).
-_WIKI_PARAGRAPH = "Retrieve a Wikipedia paragraph that provides an answer to the given query about the image."
-_WIKI_PAIR = "Retrieve a Wikipedia image-description pair that provides evidence for the question of this image."
-BUILTIN_INSTRUCTIONS = {
-    (0, "text", "image"): "Identify the news-related image in line with the described event.",
-    (0, "image", "text"): "Find a caption for the news in the given photo.",
-    (1, "text", "image"): "Based on the following fashion description, retrieve the best matching image.",
-    (1, "image", "text"): "Find a product description for the fashion item in the image.",
-    (2, "text", "text"): "Retrieve passages from Wikipedia that provide answers to the following question.",
-    (2, "text", "image,text"): "Find a Wikipedia image that answers this question.",
-    (3, "text", "image,text"): "Find a news image that matches the provided caption.",
-    (4, "image", "image"): "Find a day-to-day image that looks similar to the provided image.",
-    (5, "image,text", "text"): _WIKI_PARAGRAPH,
-    (5, "image,text", "image,text"): _WIKI_PAIR,
-    (6, "image,text", "text"): _WIKI_PARAGRAPH,
-    (6, "image,text", "image,text"): _WIKI_PAIR,
-    (7, "image,text", "image"): "Find a fashion image that aligns with the reference image and style note.",
-    (8, "image,text", "image"): "Retrieve a day-to-day image that aligns with the modification instructions of the "
-                                "provided image.",
-    (9, "text", "image"): "Find me an everyday image that matches the given caption.",
-    (9, "image", "text"): "Find an image caption describing the following everyday image.",
+# -- tasks a data set declares ---------------------------------------------------------------
+# A data set in the M-BEIR layout with its own datasets and tasks (``lamra data demo``) lists them
+# in ROOT/tasks.json, so the evaluator and the validator know them (docs/demo-data.md):
+#   {"datasets": [{"name": "clipart", "id": 20, "display": "OpenClipart"}, ...],
+#    "tasks": [{"name": "clipart_task0", "dataset": "clipart", "task_id": 0, "recall_k": 5}, ...]}
+# Names and dataset ids must not be M-BEIR's. Without the file a root has M-BEIR's 16 tasks.
+TASKS_FILE = "tasks.json"
+
+
+def declared_tasks(root: str | os.PathLike) -> tuple[Task, ...]:
+    """The tasks ROOT/tasks.json declares, in its order (empty when there is no such file)."""
+    import json
+
+    path = Path(root) / TASKS_FILE
+    if not path.is_file():
+        return ()
+    where = str(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"not valid JSON ({exc})", file=where) from None
+    if not isinstance(document, dict):
+        raise InputError("must be a JSON object with 'datasets' and 'tasks'", file=where)
+    datasets: dict[str, tuple[int, str]] = {}
+    used_ids = {dataset_id for dataset_id, _ in DATASETS.values()}
+    for number, entry in enumerate(_entries(document, "datasets", where)):
+        field = f"datasets[{number}]"
+        name, dataset_id = entry.get("name"), entry.get("id")
+        if not isinstance(name, str) or not name or name in DATASETS or name in datasets:
+            raise InputError(f"dataset name must be a new non-empty string, got {name!r}", file=where, field=field)
+        if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or dataset_id < 0 or dataset_id in used_ids:
+            raise InputError(f"dataset id must be an integer not used by M-BEIR or another dataset, "
+                             f"got {dataset_id!r}", file=where, field=field)
+        used_ids.add(dataset_id)
+        datasets[name] = (dataset_id, str(entry.get("display") or name))
+    tasks: list[Task] = []
+    for number, entry in enumerate(_entries(document, "tasks", where)):
+        field = f"tasks[{number}]"
+        name, dataset, task_id, recall_k = (entry.get(k) for k in ("name", "dataset", "task_id", "recall_k"))
+        if not isinstance(name, str) or not name or name in TASKS_BY_NAME or name in {t.name for t in tasks}:
+            raise InputError(f"task name must be a new non-empty string, got {name!r}", file=where, field=field)
+        if dataset not in datasets:
+            raise InputError(f"dataset {dataset!r} is not in 'datasets'", file=where, field=field)
+        if isinstance(task_id, bool) or task_id not in TASK_MODALITIES:
+            raise InputError(f"unknown task id {task_id!r}; expected one of {sorted(TASK_MODALITIES)}", file=where,
+                             field=field)
+        if isinstance(recall_k, bool) or not isinstance(recall_k, int) or recall_k < 1:
+            raise InputError(f"recall_k must be a positive integer, got {recall_k!r}", file=where, field=field)
+        tasks.append(Task(name, dataset, task_id, recall_k, declared=datasets[dataset]))
+    return tuple(tasks)
+
+
+def _entries(document: dict, key: str, where: str) -> list[dict]:
+    entries = document.get(key)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InputError(f"'{key}' must be a list of objects", file=where, field=key)
+    return entries
+
+
+def root_tasks(root: str | os.PathLike) -> tuple[Task, ...]:
+    """The tasks a root is evaluated and checked on by default: those its tasks.json declares,
+    else M-BEIR's 16."""
+    return declared_tasks(root) or TASKS
+
+
+# -- pools -----------------------------------------------------------------------------------
+
+# The three pools a task can be ranked in (spec section 6). The two global ones differ: UniIR's
+# union file holds each candidate once; the official LamRA evaluation concatenates the 16 local
+# pools, so a candidate of several local pools is there several times (the paper's global numbers).
+POOLS = {
+    "local": "each task's own pool (cand_pool/local)",
+    "global-union": "UniIR's union pool file (cand_pool/global/mbeir_union_{split}_cand_pool.jsonl), "
+                    "each candidate once",
+    "global-lamra": "the 16 local pools concatenated, as the official LamRA evaluation (a candidate of "
+                    "several local pools is there several times)",
 }
+POOL_ALIASES = {"global": "global-union"}  # what "global" meant before both global pools existed
+
+
+def resolve_pool(name: str) -> str:
+    """The canonical pool name (``global`` is an alias of ``global-union``)."""
+    name = POOL_ALIASES.get(name, name)
+    if name not in POOLS:
+        choices = ", ".join([*POOLS, *(f"{a} (= {c})" for a, c in POOL_ALIASES.items())])
+        raise InputError(f"unknown pool {name!r}; the pools are: {choices}")
+    return name
+
+
+def describe_pool(name: str, split: str = "test") -> str:
+    return POOLS[resolve_pool(name)].format(split=split)
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -166,17 +241,26 @@ class MBEIRLayout:
         return self.root / "qrels" / split / f"mbeir_{task}_{split}_qrels.txt"
 
     def local_pool(self, task: str) -> Path:
-        return self.root / "cand_pool" / "local" / f"mbeir_{get_task(task).local_pool_name}_cand_pool.jsonl"
+        return self.root / "cand_pool" / "local" / f"mbeir_{get_task(task, self.root).local_pool_name}_cand_pool.jsonl"
 
     def global_pool(self, split: str = "test") -> Path:
         return self.root / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
 
     def pool(self, task: str, pool: str = "local", split: str = "test") -> Path:
+        """The one pool file ``task`` is ranked in: its local pool, or the union pool file."""
+        pool = resolve_pool(pool)
         if pool == "local":
             return self.local_pool(task)
-        if pool == "global":
+        if pool == "global-union":
             return self.global_pool(split)
-        raise InputError(f"pool must be 'local' or 'global', got {pool!r}")
+        raise InputError(f"the {pool} pool is several files (the 16 local pools): use pool_files()")
+
+    def pool_files(self, task: str, pool: str = "local", split: str = "test") -> list[Path]:
+        """The files ``task``'s pool is made of, in order (global-lamra: the local pools of every
+        task of the root - M-BEIR's 16 - in the order of the paper's table)."""
+        if resolve_pool(pool) == "global-lamra":
+            return [self.local_pool(t.name) for t in root_tasks(self.root)]
+        return [self.pool(task, pool, split)]
 
     @property
     def instructions_file(self) -> Path:
@@ -385,6 +469,29 @@ def count_lines(path: str | os.PathLike) -> int:
     return count
 
 
+def candidate_modalities(path: str | os.PathLike, dids: set[str]) -> dict[str, str]:
+    """``{did: modality}`` of the candidates ``dids`` in a pool file (streamed once, stops early)."""
+    import json
+
+    wanted, found = set(dids), {}
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not wanted:
+                break
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue  # a broken line is reported by the pool's reader, which names it
+            did = record.get("did") if isinstance(record, dict) else None
+            if did in wanted:
+                wanted.discard(did)
+                found[did] = record.get("modality")
+    return found
+
+
+
 # -- qrels -----------------------------------------------------------------------------------
 
 @dataclass
@@ -449,93 +556,15 @@ def format_qrels_line(qid: str, did: str, task_id: int, relevance: int = 1) -> s
     return f"{qid} 0 {did} {relevance} {task_id}\n"
 
 
-# -- instructions ----------------------------------------------------------------------------
-
-INSTRUCTIONS_HEADER = ("query_modality", "cand_modality", "dataset", "dataset_id",
-                       "prompt_1", "prompt_2", "prompt_3", "prompt_4")
-
-
-@dataclass
-class Instructions:
-    """Task instructions keyed by (dataset_id, query modality, candidate modality)."""
-
-    prompts: dict[tuple[int, str, str], list[str]]
-    source: str  # the tsv path, or "built-in"
-
-    def first(self, dataset_id: int, query_modality: str, cand_modality: str) -> str:
-        """The first instruction, formatted as UniIR / LamRA format it (a deterministic choice)."""
-        key = (int(dataset_id), query_modality, cand_modality)
-        prompts = self.prompts.get(key)
-        if not prompts:
-            raise InputError(f"no instruction for dataset {key[0]}, {key[1]} -> {key[2]} "
-                             f"(key '{key[0]}, {key[1]}, {key[2]}')", file=self.source)
-        return format_text(prompts[0])
-
-    def for_query(self, query: MBEIRQuery) -> str:
-        """The instruction of a query: its dataset (from the qid) and its task's modalities."""
-        query_modality, cand_modality = TASK_MODALITIES[query.task_id]
-        return self.first(query.dataset_id, query_modality, cand_modality)
+# The instruction table moved to lamra.data.mbeir_instructions; its names are still found here.
+_MOVED = ("BUILTIN_INSTRUCTIONS", "INSTRUCTIONS_HEADER", "INSTRUCTION_CHOICES", "Instructions", "builtin_instructions",
+          "instruction_rows", "instruction_row_problems", "read_instructions", "load_instructions",
+          "write_instructions", "query_instructions")
 
 
-def builtin_instructions() -> Instructions:
-    return Instructions({key: [text] for key, text in BUILTIN_INSTRUCTIONS.items()}, source="built-in")
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import mbeir_instructions
 
-
-def instruction_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
-    """(line number, columns) of each data row of the tsv (the header row skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if number == 1 or not text.strip():
-                continue
-            yield number, text.rstrip("\r\n").split("\t")
-
-
-def instruction_row_problems(columns: list[str]) -> list[tuple[str, str]]:
-    problems = []
-    if len(columns) < 5:
-        return [("prompt_1", f"expected at least 5 tab-separated columns, got {len(columns)}")]
-    if columns[0] not in MODALITIES:
-        problems.append(("query_modality", f"unknown modality {columns[0]!r}"))
-    if columns[1] not in MODALITIES:
-        problems.append(("cand_modality", f"unknown modality {columns[1]!r}"))
-    if not columns[3].strip().isdigit():
-        problems.append(("dataset_id", f"must be an integer, got {columns[3]!r}"))
-    if not [p for p in columns[4:] if p.strip()]:
-        problems.append(("prompt_1", "no instruction on this row"))
-    return problems
-
-
-def read_instructions(path: str | os.PathLike) -> Instructions:
-    """Parse query_instructions.tsv: header row, then query_modality, cand_modality, dataset,
-    dataset_id, prompt_1..prompt_4 (empty ones dropped), as UniIR reads it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("instructions file not found", file=str(path))
-    prompts: dict[tuple[int, str, str], list[str]] = {}
-    for number, columns in instruction_rows(path):
-        problems = instruction_row_problems(columns)
-        if problems:
-            key, message = problems[0]
-            raise InputError(message, file=str(path), line=number, field=key)
-        key = (int(columns[3]), columns[0], columns[1])
-        prompts[key] = [p.strip() for p in columns[4:] if p.strip()]
-    return Instructions(prompts, source=str(path))
-
-
-def load_instructions(root: str | os.PathLike) -> Instructions:
-    """The root's instructions tsv, or the built-in first instructions when it has none."""
-    path = MBEIRLayout(root).instructions_file
-    if path.is_file():
-        return read_instructions(path)
-    logger.info("%s not found: using the built-in first instruction of each task", path)
-    return builtin_instructions()
-
-
-def write_instructions(path: str | os.PathLike, rows: list[tuple[str, str, str, int, list[str]]]) -> None:
-    """Write a tsv of (query_modality, cand_modality, dataset, dataset_id, prompts)."""
-    lines = ["\t".join(INSTRUCTIONS_HEADER)]
-    for query_modality, cand_modality, dataset, dataset_id, prompts in rows:
-        padded = list(prompts) + [""] * (4 - len(prompts))
-        lines.append("\t".join([query_modality, cand_modality, dataset, str(dataset_id), *padded]))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return getattr(mbeir_instructions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

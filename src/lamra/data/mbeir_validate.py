@@ -24,17 +24,16 @@ from pathlib import Path
 from ..errors import InputError
 from .jsonl import parse_json_line
 from .mbeir import (
-    TASKS,
     TASKS_BY_NAME,
     MBEIRLayout,
     Task,
     candidate_problems,
     get_task,
-    instruction_row_problems,
-    instruction_rows,
     parse_qrels_line,
     query_problems,
+    root_tasks,
 )
+from .mbeir_instructions import instruction_row_problems, instruction_rows
 
 _QUERY_FILE = re.compile(r"^mbeir_(?P<name>.+)_(?P<split>[a-z]+)\.jsonl$")
 _QRELS_FILE = re.compile(r"^mbeir_(?P<name>.+)_(?P<split>[a-z]+)_qrels\.txt$")
@@ -207,7 +206,7 @@ def validate_mbeir(root: str | os.PathLike, *, tasks: list[str] | None = None,
     if not root.is_dir():
         report.problems.append(Problem(str(root), None, None, "not a folder"))
         return report
-    chosen = [get_task(name) for name in tasks] if tasks else list(TASKS)
+    chosen = [get_task(name, root) for name in tasks] if tasks else list(root_tasks(root))
     layout = validator.layout
     validator.instructions(chosen)
 
@@ -270,7 +269,7 @@ def _other_files(validator: _Validator, global_pools: dict[str, set[str]], done:
         else:
             validator.report.notes.append(f"{validator.rel(path)}: no union {split} pool, so its dids were not checked")
         match = _QUERY_FILE.match(path.name)
-        task = TASKS_BY_NAME.get(match["name"]) if match else None
+        task = {**TASKS_BY_NAME, **{t.name: t for t in root_tasks(root)}}.get(match["name"]) if match else None
         query_qids[path] = validator.queries(path, pools, task)
     for path in sorted((root / "qrels").glob("*/*.txt")):
         if path in done:

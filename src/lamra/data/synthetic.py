@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
-from .mbeir import DATASETS, TASKS, MBEIRLayout, Task, format_qrels_line, write_instructions
+from .mbeir import DATASETS, TASKS, MBEIRLayout, Task, format_qrels_line
+from .mbeir_instructions import write_instructions
 
 logger = logging.getLogger(__name__)
 
@@ -397,7 +398,8 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def _instruction_rows() -> list:
-    from .mbeir import BUILTIN_INSTRUCTIONS, DATASET_BY_ID, TASK_MODALITIES
+    from .mbeir import DATASET_BY_ID, TASK_MODALITIES
+    from .mbeir_instructions import BUILTIN_INSTRUCTIONS
 
     rows = []
     for (dataset_id, query_modality, cand_modality), first in BUILTIN_INSTRUCTIONS.items():

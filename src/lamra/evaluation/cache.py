@@ -6,7 +6,8 @@ key hashed from
 
 - the encoder's fingerprint (model, adapter, prompt-format version, dimension),
 - the content hash (sha256) of the data file the items come from,
-- whatever else changes the vectors (the query instructions, the storage dtype),
+- whatever else changes the vectors (the query instructions, the storage dtype, whether bad
+  items were left out),
 
 so a second evaluation with the same model and data opens the folder and encodes nothing, and a
 change of any of these lands in a new folder and encodes everything. (Images are read through
@@ -66,31 +67,6 @@ def cache_key(fingerprint: dict, parts: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class EncoderAdapter:
-    """What the index layer calls: ``encode``, ``fingerprint()`` and ``dim``, for any encoder.
-
-    With ``instructions`` (item id -> instruction) each item gets its own instruction: the index
-    layer encodes items without one (candidates take none), and queries go through it wrapped
-    in this, so they get the same sharded, resumable encoding.
-    """
-
-    def __init__(self, encoder: Encoder, instructions: dict[str, str | None] | None = None):
-        self.encoder, self.instructions = encoder, instructions
-
-    def fingerprint(self) -> dict:
-        return self.encoder.fingerprint()
-
-    @property
-    def dim(self) -> int:
-        return int(getattr(self.encoder, "dim", None) or self.fingerprint()["dim"])
-
-    def encode(self, items, instruction=None, **options):
-        items = list(items)
-        if self.instructions is not None:
-            instruction = [self.instructions[item.id] for item in items]
-        return self.encoder.encode(items, instruction, **options)
-
-
 @dataclass
 class CacheStats:
     built: list[str]
@@ -110,12 +86,18 @@ class EmbeddingCache:
         self.stats = CacheStats([], [])
 
     def index(self, name: str, items: Callable[[], list], encoder: Encoder, *, source: Path, count: int,
-              parts: dict | None = None, dtype: str | None = None, locate: Callable[[str], int | None] | None = None):
+              parts: dict | None = None, dtype: str | None = None, locate: Callable[[str], int | None] | None = None,
+              instruction: str | Sequence[str | None] | None = None, skip_bad: bool = False,
+              skip_hint: str | None = None):
         """The index of ``items()`` (called only when it must be built), from the cache when the key matches.
 
         ``source`` is the data file (its sha256 goes into the key), ``count`` the number of items
-        it yields, ``parts`` anything else the vectors depend on. ``locate(item_id)`` gives the
-        source line of an item, to name it when encoding fails.
+        it yields, ``parts`` anything else the vectors depend on. ``instruction``: one for all
+        items or one per item (queries; candidates take none), hashed into the key.
+        ``skip_bad`` leaves out items that fail to load (listed in the index's manifest under
+        "skipped"; such an index has its own key); ``skip_hint`` is what the error of a bad item
+        suggests otherwise. ``locate(item_id)`` gives the source line of an item, to name it when
+        encoding fails.
         """
         from ..index import Index
         from ..index.files import MANIFEST
@@ -123,27 +105,34 @@ class EmbeddingCache:
         dtype = dtype or self.index_dtype
         fingerprint = encoder.fingerprint()
         key_parts = {"data_sha256": file_sha256(source), "dtype": dtype, **(parts or {})}
+        if instruction is not None:
+            per_item = [instruction] * count if isinstance(instruction, str) else list(instruction)
+            key_parts["instructions_sha256"] = strings_sha256(per_item)
+        if skip_bad:
+            key_parts["skip_bad"] = True
         key = cache_key(fingerprint, key_parts)
         path = self.folder / f"{name}.{key}"
         if (path / MANIFEST).is_file():
             index = Index.open(path, expect=fingerprint, verify=False)
-            if len(index) == count:
-                logger.info("reusing %s (%d vectors)", path, count)
+            if len(index) + len(index.manifest.get("skipped") or []) == count:
+                logger.info("reusing %s (%d vectors)", path, len(index))
                 self.stats.reused.append(name)
                 return index
             raise InputError(f"cached index holds {len(index)} items, the data {count}: delete the folder to rebuild",
                              file=str(path))
         self._describe(path, name, fingerprint, key_parts, source)
-        options: dict[str, Any] = {"dtype": dtype, "shard_size": self.shard_size, "show_progress": self.show_progress}
+        options: dict[str, Any] = {"dtype": dtype, "shard_size": self.shard_size, "show_progress": self.show_progress,
+                                   "instruction": instruction, "skip_bad": skip_bad, "skip_hint": skip_hint}
         if self.batch_size is not None:
             options["batch_size"] = self.batch_size
-        adapted = encoder if isinstance(encoder, EncoderAdapter) else EncoderAdapter(encoder)
         listed = items()
         try:
-            index = Index.build(listed, adapted, path, **options)
+            index = Index.build(listed, encoder, path, **options)
         except InputError as exc:
             line = locate(exc.item) if locate is not None and exc.item is not None else None
             raise exc.located(file=str(source), line=line) from None
+        if index.manifest.get("skipped"):
+            logger.warning("%s: left out %d bad item(s)", source, len(index.manifest["skipped"]))
         self.stats.built.append(name)
         return index
 

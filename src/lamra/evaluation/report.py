@@ -27,7 +27,9 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)  # percent
     run_file: str | None = None
     query_index: str | None = None
-    pool_index: str | None = None
+    pool_index: str | None = None  # None when the pool is several indexes (global-lamra)
+    skipped_queries: int = 0  # left out as bad (skip_bad); they count as misses
+    skipped_candidates: int = 0
 
 
 def average(results: Sequence[TaskResult]) -> float:
@@ -59,9 +61,10 @@ def rich_table(results: Sequence[TaskResult], title: str):
     return table
 
 
-def markdown(results: Sequence[TaskResult], title: str) -> str:
+def markdown(results: Sequence[TaskResult], title: str, note: str | None = None) -> str:
     """The per-task table, then the same numbers as one row laid out like the paper's Table 2."""
-    lines = [f"# {title}", "", "| " + " | ".join(TABLE_HEADER) + " |", "|---|---|---|---:|"]
+    lines = [f"# {title}", ""] + ([note, ""] if note else [])
+    lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|---|---|---|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
     lines += ["", "As one row (the paper's Table 2 layout):", ""]
     header = [f"{r.task_type} {r.dataset}" for r in results] + ["Avg."]
@@ -83,13 +86,14 @@ def csv_text(results: Sequence[TaskResult]) -> str:
     return buffer.getvalue()
 
 
-def write_reports(results: Sequence[TaskResult], out: Path, *, title: str, info: dict, stem: str = "results") -> dict:
-    """results.json (everything), results.csv and results.md; returns their paths."""
+def write_reports(results: Sequence[TaskResult], out: Path, *, title: str, info: dict, stem: str = "results",
+                  note: str | None = None) -> dict:
+    """results.json (everything), results.csv and results.md (``note`` under its title); returns their paths."""
     payload = {**info, "average": average(results), "tasks": [asdict(r) for r in results]}
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md"}
     atomic_write_bytes(paths["json"], (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
     atomic_write_bytes(paths["csv"], csv_text(results).encode())
-    atomic_write_bytes(paths["markdown"], markdown(results, title).encode())
+    atomic_write_bytes(paths["markdown"], markdown(results, title, note).encode())
     return paths
 
 

@@ -32,7 +32,7 @@ from ..data.jsonl import item_from_record, iter_jsonl, read_item_lines
 from ..data.mbeir import read_qrels
 from ..errors import InputError
 from ..items import Item
-from .cache import EmbeddingCache, Encoder, EncoderAdapter, strings_sha256
+from .cache import EmbeddingCache, Encoder
 from .metrics import evaluate_run, itm_accuracy, parse_metric, rank_by_scores
 from .report import write_trec_run
 
@@ -87,6 +87,10 @@ def read_queries(path: Path, default_instruction: str | None = None) -> list[Zer
 
 
 def read_candidates(path: Path) -> list[Item]:
+    return [e.item for e in _candidate_lines(path)]
+
+
+def _candidate_lines(path: Path) -> list:
     entries = read_item_lines(path)
     errors = [e.error for e in entries if e.error is not None]
     if errors:
@@ -95,7 +99,7 @@ def read_candidates(path: Path) -> list[Item]:
                          item=errors[0].item, field=errors[0].field)
     if not entries:
         raise InputError("no candidates", file=str(path))
-    return [e.item for e in entries]
+    return entries
 
 
 def evaluate_zeroshot(data: str | os.PathLike, encoder: Encoder, out: str | os.PathLike, *,
@@ -112,7 +116,8 @@ def evaluate_zeroshot(data: str | os.PathLike, encoder: Encoder, out: str | os.P
             raise InputError(f"missing {name} (a zero-shot folder holds {QUERIES}, {CANDIDATES} and {QRELS})",
                              file=str(data / name))
     queries = read_queries(data / QUERIES, instruction)
-    candidates = read_candidates(data / CANDIDATES)
+    candidate_lines = _candidate_lines(data / CANDIDATES)
+    candidates = [e.item for e in candidate_lines]
     qrels = read_qrels(data / QRELS).positives
     mode = _mode(queries, data / QUERIES)
     known = {item.id for item in candidates}
@@ -127,12 +132,13 @@ def evaluate_zeroshot(data: str | os.PathLike, encoder: Encoder, out: str | os.P
 
     cache = EmbeddingCache(cache_dir if cache_dir is not None else out / "embeddings", index_dtype=index_dtype,
                            batch_size=batch_size, show_progress=show_progress)
-    pool = cache.index("candidates", lambda: candidates, encoder, source=data / CANDIDATES, count=len(candidates))
-    by_id = {q.item.id: q.instruction for q in queries}
-    wrapped = EncoderAdapter(encoder, by_id)
-    parts = {"kind": "query", "instructions_sha256": strings_sha256(by_id[q.item.id] for q in queries)}
-    query_index = cache.index("queries", lambda: [q.item for q in queries], wrapped, source=data / QUERIES,
-                              count=len(queries), dtype="float32", parts=parts)
+    lines = {e.item.id: e.line for e in candidate_lines}
+    pool = cache.index("candidates", lambda: candidates, encoder, source=data / CANDIDATES, count=len(candidates),
+                       locate=lines.get)
+    query_index = cache.index("queries", lambda: [q.item for q in queries], encoder, source=data / QUERIES,
+                              count=len(queries), dtype="float32", parts={"kind": "query"},
+                              instruction=[q.instruction for q in queries],
+                              locate={q.item.id: q.line for q in queries}.get)
     query_vectors = query_index.vectors()
     qids = query_index.ids
     if mode == "ranking":

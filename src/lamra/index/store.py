@@ -21,7 +21,7 @@ import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -29,7 +29,9 @@ from ..errors import IncompatibleArtifactError, InputError
 from . import files
 from .backends import FaissSearcher, make_searcher, resolve_params
 
-FINGERPRINT_KEYS = ("model", "adapter", "prompt_format", "dim")
+# What an index records of the encoder that made it; "settings" holds the vector-changing
+# ModelSettings fields (lamra.settings), absent for encoders without any (baselines).
+FINGERPRINT_KEYS = ("model", "adapter", "prompt_format", "dim", "settings")
 
 
 class Index:
@@ -77,8 +79,13 @@ class Index:
 
     @classmethod
     def build(cls, items: Iterable[Any], retriever, path, *, backend: str = "flat", dtype: str = "float16",
-              shard_size: int = 1024, show_progress: bool = True, **backend_params) -> "Index":
+              shard_size: int = 1024, show_progress: bool = True,
+              instruction: str | Sequence[str | None] | None = None, **backend_params) -> "Index":
         """Encode ``items`` (each with an id) into a new index folder at ``path``.
+
+        ``instruction``: one instruction for every item (e.g. queries of one task), or a
+        sequence with one per item, ``None`` where an item takes none; each item is encoded
+        with its own (``retriever.encode(items, instruction=[...])``). Candidates take none.
 
         Encoding goes shard by shard, each shard checkpointed in ``path/.work``: if the build
         is killed, the same call resumes it. Under ``torchrun`` every rank encodes its share
@@ -90,7 +97,7 @@ class Index:
         from .build import build_index
 
         return build_index(items, retriever, path, backend=backend, dtype=dtype, shard_size=shard_size,
-                           show_progress=show_progress, **backend_params)
+                           show_progress=show_progress, instruction=instruction, **backend_params)
 
     @classmethod
     def open(cls, path, *, expect: dict | None = None, verify: bool = True) -> "Index":
@@ -205,7 +212,8 @@ class Index:
 
     def add(self, items: Iterable[Any], retriever, *, show_progress: bool = True, **options) -> None:
         """Encode ``items`` and append them (resumable like ``build``; ids must be new unless
-        ``skip_existing=True``, which leaves out items already in the index)."""
+        ``skip_existing=True``, which leaves out items already in the index). ``instruction=``
+        works as in :meth:`build` (one for all, or one per item)."""
         from .build import add_items
 
         add_items(self, items, retriever, show_progress=show_progress, **options)
@@ -396,15 +404,38 @@ def new_manifest(fingerprint: dict, *, dtype: str, backend: str, params: dict) -
 
 
 def check_fingerprint(stored: dict, expect: dict | None, *, where: str) -> None:
-    """Refuse an artefact made by another model / adapter / prompt format / dimension."""
+    """Refuse an artefact made by another model / adapter / prompt format / dimension / settings.
+
+    The message names every difference (each vector-changing setting by name) and how to get a
+    matching index.
+    """
     if not expect:
         return
-    diffs = [f"{k}: index has {stored.get(k)!r}, you use {expect.get(k)!r}"
-             for k in FINGERPRINT_KEYS if k in expect and _norm(stored.get(k)) != _norm(expect.get(k))]
+    diffs = []
+    for key in FINGERPRINT_KEYS:
+        if key not in expect:
+            continue
+        if key == "settings":
+            diffs += _settings_diffs(stored.get(key), expect.get(key))
+        elif _norm(stored.get(key)) != _norm(expect.get(key)):
+            diffs.append(f"{key}: index has {stored.get(key)!r}, you use {expect.get(key)!r}")
     if diffs:
-        raise IncompatibleArtifactError(f"index {where} was built with another model or prompt format ("
-                                        + "; ".join(diffs) + "). Search it with the model it was built "
-                                        "with, or rebuild it with this one.")
+        raise IncompatibleArtifactError(
+            f"index {where} was built with another model, prompt format or settings (" + "; ".join(diffs)
+            + "). Search it with the model and settings it was built with, or rebuild it with these "
+            "(a new --out folder, or delete this one).")
+
+
+def _settings_diffs(stored, expect) -> list[str]:
+    """Which vector-changing settings differ (``--max-pixels`` ... set them)."""
+    if expect in (None, {}) and stored in (None, {}):
+        return []
+    if not isinstance(stored, dict):
+        return [f"settings: the index records none (built before lamra recorded them), you use {expect!r}"]
+    if not isinstance(expect, dict):
+        return [f"settings: index has {stored!r}, you use none"]
+    return [f"setting {name}: index has {stored.get(name)!r}, you use {expect.get(name)!r}"
+            for name in sorted(set(stored) | set(expect)) if stored.get(name) != expect.get(name)]
 
 
 def _norm(value):
