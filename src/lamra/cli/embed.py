@@ -21,7 +21,7 @@ def embed(
                                            "(image paths relative to the file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32, one row per item); ids and "
                                                        "model information go to the .json beside it."),
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     lora: Optional[Path] = LORA,
     instruction: Optional[str] = typer.Option(None, help="Task instruction (for queries; candidates have none)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Embed the good items and report the bad ones in "
@@ -40,10 +40,11 @@ def embed(
 ) -> None:
     """Embed the items of a jsonl file with a LamRA retriever."""
     from ..embeddings import check_items, save_embeddings
-    from .models import check_sources, load_retriever
+    from .models import check_sources, load_retriever, resolve_model
 
+    model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     good, bad = check_items(input, pixel_limit=settings.image_pixel_limit)
     if bad and not skip_bad:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
                       model_settings)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 @index_app.command("build")
 def build(
     collection: Path = COLLECTION,
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create (an interrupted build there resumes)."),
     lora: Optional[Path] = LORA,
     backend: str = typer.Option("flat", help="flat (exact), ivf or hnsw (approximate, for large collections)."),
@@ -69,10 +69,12 @@ def build(
     """
     from ..index import Index
     from ..index.build import WORK
-    from .models import check_sources, load_retriever
+    from ..index.source import record_model
+    from .models import check_sources, load_retriever, resolve_model
 
+    model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     items = _open_collection(collection, kind, mbeir_root, skip_bad)
     _announce_resume(out / WORK, "build", [record["id"] for record in items.records])
@@ -87,6 +89,7 @@ def build(
     except ValueError as exc:
         _usage_error(exc)
     if _rank() == 0:
+        record_model(out, model, lora)
         skipped = _record_skipped_lines(out, items.bad)
         typer.echo(f"indexed {len(index)} items ({index.manifest['backend']}, dimension {index.dim}) in {out}"
                    + (f"; {skipped} bad item(s) skipped (see lamra index info)" if skipped else ""))
@@ -96,7 +99,7 @@ def build(
 def add(
     index_path: Path = INDEX,
     collection: Path = COLLECTION,
-    model: str = MODEL,
+    model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave out items whose id is already indexed."),
     kind: str = KIND,
@@ -116,10 +119,11 @@ def add(
     """Append the items of a collection to an index (resumable like build)."""
     from ..index import Index
     from ..index.build import WORK
-    from .models import check_sources, load_retriever
+    from .models import check_sources, load_retriever, resolve_model
 
+    model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     index = Index.open(index_path)
     items = _open_collection(collection, kind, mbeir_root, skip_bad)
@@ -178,7 +182,7 @@ def search(
     instruction: Optional[str] = typer.Option(None, help="Task instruction, e.g. \"Find me an everyday image "
                                                          "that matches the given caption.\""),
     k: int = typer.Option(10, "-k", help="How many results."),
-    model: str = MODEL,
+    model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
     nprobe: Optional[int] = typer.Option(None, help="ivf: lists visited (overrides the index's setting)."),
     ef_search: Optional[int] = typer.Option(None, help="hnsw: search beam width (overrides the index's)."),
@@ -194,12 +198,13 @@ def search(
     """Search an index with a text and / or image query."""
     from ..index import Index
     from ..items import Item, image_size
-    from .models import check_sources, load_retriever
+    from .models import check_sources, load_retriever, resolve_model
 
     if text is None and image is None:
         _usage_error("give --text and/or --image")
+    model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     if image is not None:
         with _query_image_errors():  # a bad --image fails before a model loads

@@ -11,6 +11,25 @@ from ..settings import ModelSettings
 from .runtime import quiet_model_loading
 
 
+def resolve_model(model, lora=None, *, index=None) -> tuple[str, object]:
+    """The model a command uses: ``--model``; else the index's recorded model; else lamra's
+    default model (trained once on first use). Says which in one line when it was not given."""
+    from ..index.source import recorded_model
+
+    if model is not None:
+        return str(model), lora
+    record = recorded_model(index) if index is not None else None
+    if record is not None:
+        typer.echo(f"using the model {index} was built with: {record['model']}"
+                   + (f" + {record['lora']}" if record.get("lora") else ""), err=True)
+        return record["model"], lora if lora is not None else record.get("lora")
+    from ..default_model import ensure_default_model
+
+    folder = ensure_default_model(announce=lambda message: typer.echo(message, err=True))
+    typer.echo(f"using lamra's default model {folder} (a small demo model; pass --model for another)", err=True)
+    return str(folder), lora
+
+
 def load_retriever(model, *, lora=None, device=None, dtype=None, settings: ModelSettings | None = None,
                    quiet: bool = False):
     """A :class:`~lamra.modeling.retriever.Retriever`; a bad ``--model`` fails in one line first."""

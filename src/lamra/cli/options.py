@@ -21,7 +21,10 @@ from ..settings import ModelSettings, POSITION_MODES, RERANK_SCORE_MODES
 
 _DEFAULTS = ModelSettings()
 
-MODEL = typer.Option(..., "--model", "-m", help="Qwen2-VL checkpoint: hub id (owner/name) or local folder.")
+MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id (owner/name) or local folder "
+                                                "(default: lamra's demo model, trained once on first use).")
+INDEX_MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id (owner/name) or local folder "
+                                                      "(default: the model the index was built with).")
 LORA = typer.Option(None, "--lora", help="LoRA adapter folder (peft) put on top of the model.")
 DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 DTYPE = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).")
@@ -47,14 +50,15 @@ RERANK_SCORES = typer.Option(None, "--rerank-scores", help=f"Reranker scores: {'
                                                            "released evaluation; raw: the logits as they are).")
 
 
-def model_settings(**values) -> ModelSettings:
-    """``ModelSettings()`` with the options that were given (None values keep the defaults).
+def model_settings(model=None, **values) -> ModelSettings:
+    """The model's settings (its folder's ``lamra_settings.json``, else the defaults) with the
+    options that were given on top (None values keep them).
 
     A bad combination (``--min-pixels`` over ``--max-pixels``, an unknown ``--positions``) is a
     usage error: exit status 2 with the reason.
     """
     try:
-        return ModelSettings().with_overrides(**values)
+        return ModelSettings.for_model(model).with_overrides(**values)
     except ValueError as exc:
         raise typer.BadParameter(_option_names(str(exc))) from None
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..serving.limits import ServeConfig
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
                       RERANK_SCORES, model_settings)
 
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     index: Path = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build)."),
-    model: str = MODEL,
+    model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): hub id or "
                                                                 "folder. Without it, rerank requests get a 400."),
@@ -64,7 +64,10 @@ def serve(
     from .models import warn_if_untrained
     from .runtime import quiet_model_loading
 
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    from .models import resolve_model
+
+    model, lora = resolve_model(model, lora, index=index)
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit,
                               rerank_scores=rerank_scores)
     limits = {} if image_pixel_limit is None else {"max_image_pixels": image_pixel_limit}

@@ -1,4 +1,18 @@
-"""LamRA-Rank: score (query, candidate) pairs by P("Yes"), or pick the best of a short list."""
+"""LamRA-Rank: P("Yes") per (query, candidate) pair, or the best of a list (spec 3).
+
+- :meth:`Reranker.score` - pointwise. By default the query part of the prompt (everything up
+  to ``Candidate:``) runs once and its key/value cache serves every candidate
+  (:mod:`rerank_forward`); ``shared_prefix=False`` runs one full forward per candidate.
+  Both give the same scores (tested to 1e-4 in fp32) and neither generates.
+- :meth:`Reranker.pick` / :meth:`Reranker.rank_listwise` - listwise: the digit after
+  ``Ans: (``; longer lists are windowed (:mod:`rerank_listwise`).
+- Scores are read as the official evaluation read them (``settings.rerank_scores ==
+  "official"``): after the checkpoint's repetition penalty (:mod:`rerank_scores`); "raw"
+  reads the logits unchanged.
+
+The reranker keeps Qwen2-VL's M-RoPE (the official rerank code uses the stock model class)
+and cuts no text at inference (the 256-token cut is a training rule, spec 2).
+"""
 
 from __future__ import annotations
 
@@ -8,98 +22,183 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backbone import Backbone, load_backbone
-from ..items import DEFAULT_IMAGE_PIXEL_LIMIT, as_item
-from ..prompts import (LISTWISE_ANSWER_PREFIX, MAX_RERANK_TEXT_TOKENS, listwise_messages, pointwise_messages,
-                       render_chat, truncate_text)
-from .batching import plan_batches
-from .inputs import PromptInput, collate, last_hidden_states, tokenize_prompt
-from .pooling import gather_rows, last_positions
+from ..items import Item, as_item
+from ..prompts import LISTWISE_ANSWER_PREFIX, listwise_messages, pointwise_messages, render_chat
+from ..settings import ModelSettings
+from .rerank_forward import plain_answer_logits, shared_prefix_answer_logits, tokenize
+from .rerank_listwise import ranking, tournament
+from .rerank_scores import checkpoint_repetition_penalty, penalize_repeated, yes_probability
 
 DEFAULT_ALPHA = 0.5
+DEFAULT_BATCH_SIZE = 16
+# Listwise: the answer is one digit, so at most 9 candidates share a prompt.
+MAX_LISTWISE_CANDIDATES = 9
+# The released reranker was trained on sequences of at most 2048 tokens (spec 4); longer
+# listwise prompts are split into windows rather than fed whole.
+DEFAULT_LISTWISE_MAX_TOKENS = 2048
 
 
 def fuse(retrieval_scores, rerank_scores, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """LamRA's final score: ``alpha * S_ret + (1 - alpha) * S_rank`` (spec section 5)."""
-    return alpha * np.asarray(retrieval_scores, dtype=np.float32) + (1 - alpha) * np.asarray(rerank_scores, dtype=np.float32)
+    return (alpha * np.asarray(retrieval_scores, dtype=np.float32)
+            + (1 - alpha) * np.asarray(rerank_scores, dtype=np.float32))
 
 
 class Reranker:
-    """Pointwise (``score``) and listwise (``pick``) reranking with a LamRA-Rank checkpoint."""
+    """Pointwise (``score``) and listwise (``pick``, ``rank_listwise``) reranking.
 
-    def __init__(self, backbone: Backbone, *, max_text_tokens: int = MAX_RERANK_TEXT_TOKENS,
-                 image_pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT):
+    ``repetition_penalty``: None reads the checkpoint's (its generation_config.json); used
+    only when ``settings.rerank_scores`` is "official". ``listwise_window``: most candidates
+    per listwise prompt (1-9; the released model was trained on 2-5). ``listwise_max_tokens``:
+    longest listwise prompt before a list is windowed.
+    """
+
+    def __init__(self, backbone: Backbone, *, repetition_penalty: float | None = None,
+                 listwise_window: int = MAX_LISTWISE_CANDIDATES,
+                 listwise_max_tokens: int = DEFAULT_LISTWISE_MAX_TOKENS):
+        if not 1 <= listwise_window <= MAX_LISTWISE_CANDIDATES:
+            raise ValueError(f"listwise_window must be 1 to {MAX_LISTWISE_CANDIDATES}, got {listwise_window}")
         self.backbone = backbone
-        self.max_text_tokens = max_text_tokens
-        self.image_pixel_limit = image_pixel_limit
+        self.checkpoint_penalty = (checkpoint_repetition_penalty(backbone.model) if repetition_penalty is None
+                                   else float(repetition_penalty))
+        self.listwise_window = listwise_window
+        self.listwise_max_tokens = listwise_max_tokens
         tokenizer = backbone.tokenizer
         self.yes_id, self.no_id = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
-        self.digit_ids = [tokenizer(str(n), add_special_tokens=False)["input_ids"][0] for n in range(1, 10)]
+        self.digit_ids = [tokenizer(str(n), add_special_tokens=False)["input_ids"][0]
+                          for n in range(1, MAX_LISTWISE_CANDIDATES + 1)]
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, *, lora=None, merge_lora: bool = False, device=None,
-                        dtype=None, attn_implementation=None, **kwargs) -> "Reranker":
+                        dtype=None, attn_implementation=None, settings: ModelSettings | None = None,
+                        repetition_penalty: float | None = None, listwise_window: int = MAX_LISTWISE_CANDIDATES,
+                        listwise_max_tokens: int = DEFAULT_LISTWISE_MAX_TOKENS, **setting_overrides) -> "Reranker":
+        """Load a LamRA-Rank checkpoint (hub id or folder), optionally with a LoRA adapter.
+
+        ``settings`` (or single fields as keywords, e.g. ``rerank_scores="raw"``) as for the
+        retriever; see :class:`lamra.settings.ModelSettings`.
+        """
+        settings = (settings or ModelSettings()).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
-                                 attn_implementation=attn_implementation)
-        return cls(backbone, **kwargs)
+                                 attn_implementation=attn_implementation, settings=settings)
+        return cls(backbone, repetition_penalty=repetition_penalty, listwise_window=listwise_window,
+                   listwise_max_tokens=listwise_max_tokens)
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.backbone.settings
+
+    @property
+    def repetition_penalty(self) -> float:
+        """The penalty applied to answer logits: the checkpoint's in "official" mode, else 1."""
+        return self.checkpoint_penalty if self.settings.rerank_scores == "official" else 1.0
 
     def fingerprint(self) -> dict:
-        return self.backbone.fingerprint()
+        return {**self.backbone.fingerprint(), "rerank_scores": self.settings.rerank_scores,
+                "repetition_penalty": self.repetition_penalty}
 
-    def _truncate(self, text: str) -> str:
-        return truncate_text(text, self.backbone.tokenizer, self.max_text_tokens)
+    # -- prompts ----------------------------------------------------------------------------
 
     def pointwise_prompt(self, query: Any, candidate: Any, instruction: str | None = None) -> str:
-        return render_chat(pointwise_messages(query, candidate, instruction, truncate=self._truncate))
+        """The exact chat text of a pointwise pair; the model answers "Yes" or "No"."""
+        return render_chat(pointwise_messages(as_item(query), as_item(candidate), instruction))
 
     def listwise_prompt(self, query: Any, candidates: Sequence[Any], instruction: str | None = None) -> str:
-        text = render_chat(listwise_messages(query, list(candidates), instruction, truncate=self._truncate))
+        """The exact chat text of a listwise prompt, ending in ``Ans: (`` (the digit comes next)."""
+        text = render_chat(listwise_messages(as_item(query), [as_item(c) for c in candidates], instruction))
         return text + LISTWISE_ANSWER_PREFIX
 
-    def _next_token_logits(self, prompts: list[PromptInput], batch_size: int):
-        """Logits of the token that follows each prompt: (N, vocab), on the CPU."""
+    def _pointwise_inputs(self, query: Item, candidates: list[Item], instruction):
+        return [tokenize(self.backbone, self.pointwise_prompt(query, c, instruction), query.images + c.images,
+                         query.videos + c.videos, item_id=c.id) for c in candidates]
+
+    def _listwise_input(self, query: Item, candidates: list[Item], instruction):
+        images = query.images + [image for c in candidates for image in c.images]
+        videos = query.videos + [video for c in candidates for video in c.videos]
+        return tokenize(self.backbone, self.listwise_prompt(query, candidates, instruction), images, videos,
+                        item_id=query.id)
+
+    # -- pointwise ----------------------------------------------------------------------------
+
+    def yes_no_logits(self, query: Any, candidates: Sequence[Any], instruction: str | None = None, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE, shared_prefix: bool = True):
+        """(K, 2) float32 [Yes, No] logits as the scores read them (penalised in "official" mode)."""
         import torch
 
-        lm_head = self.backbone.output_head()
-        out = [None] * len(prompts)
-        for rows in plan_batches([len(p.input_ids) for p in prompts], max_batch_size=batch_size):
-            inputs = collate(self.backbone, [prompts[i] for i in rows], pixel_limit=self.image_pixel_limit)
-            hidden, inputs = last_hidden_states(self.backbone, inputs)
-            with torch.inference_mode():
-                logits = lm_head(gather_rows(hidden, last_positions(inputs["attention_mask"]))).float().cpu()
-            for row, index in enumerate(rows):
-                out[index] = logits[row]
-        return torch.stack(out) if out else torch.empty(0)
+        query, candidates = as_item(query), [as_item(c) for c in candidates]
+        if not candidates:
+            return torch.zeros((0, 2))
+        prompts = self._pointwise_inputs(query, candidates, instruction)
+        token_ids = [self.yes_id, self.no_id]
+        if shared_prefix:
+            logits = shared_prefix_answer_logits(self.backbone, prompts, token_ids, prefix_images=len(query.images),
+                                                 batch_size=batch_size)
+        else:
+            logits = plain_answer_logits(self.backbone, prompts, token_ids, batch_size=batch_size)
+        return penalize_repeated(logits, token_ids, [p.input_ids for p in prompts], self.repetition_penalty)
 
     def score(self, query: Any, candidates: Sequence[Any], instruction: str | None = None, *,
-              batch_size: int = 8) -> np.ndarray:
-        """P("Yes") for each candidate: softmax over the [Yes, No] logits of the answer."""
+              batch_size: int = DEFAULT_BATCH_SIZE, shared_prefix: bool = True) -> np.ndarray:
+        """P("Yes") for each candidate: softmax over its [Yes, No] answer logits (float32, K).
+
+        ``shared_prefix=False`` runs one full forward per candidate (the reference path).
+        """
+        logits = self.yes_no_logits(query, candidates, instruction, batch_size=batch_size,
+                                    shared_prefix=shared_prefix)
+        return yes_probability(logits) if len(logits) else np.zeros(0, dtype=np.float32)
+
+    # -- listwise -----------------------------------------------------------------------------
+
+    def pick(self, query: Any, candidates: Sequence[Any], instruction: str | None = None, *,
+             window: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[int, np.ndarray]:
+        """Listwise: the 0-based position of the best candidate and a probability per position.
+
+        A list that fits one prompt (at most ``window`` candidates, ``listwise_max_tokens``
+        tokens) is one forward: the probabilities are the softmax over the digits 1..K after
+        ``Ans: (``. A longer list is played as a tournament of windows (see
+        :mod:`lamra.modeling.rerank_listwise` for how the probabilities combine).
+        """
+        query, items = as_item(query), [as_item(c) for c in candidates]
+        if not items:
+            raise ValueError("listwise reranking needs at least one candidate, got none")
+        window = window or self.listwise_window
+        if not 1 <= window <= MAX_LISTWISE_CANDIDATES:
+            raise ValueError(f"window must be 1 to {MAX_LISTWISE_CANDIDATES}, got {window}")
+        prompts: dict[tuple, Any] = {}
+
+        def prompt(indices: list[int]):
+            key = tuple(indices)
+            if key not in prompts:
+                prompts[key] = self._listwise_input(query, [items[i] for i in indices], instruction)
+            return prompts[key]
+
+        def fits(indices: list[int]) -> bool:
+            return len(prompt(indices).input_ids) <= self.listwise_max_tokens
+
+        def score_windows(windows: list[list[int]]) -> list[np.ndarray]:
+            return self._listwise_log_probs(query, [prompt(w) for w in windows], [len(w) for w in windows],
+                                            batch_size=batch_size)
+
+        return tournament(len(items), score_windows, window=window, fits=fits)
+
+    def rank_listwise(self, query: Any, candidates: Sequence[Any], instruction: str | None = None, *,
+                      window: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[int], np.ndarray]:
+        """A full listwise ranking: candidate positions best first, and the probabilities of :meth:`pick`."""
+        if not candidates:
+            return [], np.zeros(0, dtype=np.float32)
+        _, probabilities = self.pick(query, candidates, instruction, window=window, batch_size=batch_size)
+        return ranking(probabilities), probabilities
+
+    def _listwise_log_probs(self, query: Item, prompts: list, sizes: list[int], *, batch_size: int):
         import torch
 
-        query = as_item(query)
-        prompts = []
-        for candidate in candidates:
-            candidate = as_item(candidate)
-            images = query.images + candidate.images
-            text = self.pointwise_prompt(query, candidate, instruction)
-            prompts.append(tokenize_prompt(self.backbone, text, images, pixel_limit=self.image_pixel_limit,
-                                           item_id=candidate.id))
         if not prompts:
-            return np.zeros(0, dtype=np.float32)
-        logits = self._next_token_logits(prompts, batch_size)
-        pair = torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=1)
-        return torch.softmax(pair, dim=1)[:, 0].numpy().astype(np.float32)
-
-    def pick(self, query: Any, candidates: Sequence[Any], instruction: str | None = None) -> tuple[int, np.ndarray]:
-        """Listwise: the 0-based position of the best candidate and the probabilities over positions."""
-        import torch
-
-        candidates = [as_item(c) for c in candidates]
-        if not 1 <= len(candidates) <= len(self.digit_ids):
-            raise ValueError(f"listwise reranking takes 1 to {len(self.digit_ids)} candidates, got {len(candidates)}")
-        query = as_item(query)
-        images = query.images + [image for c in candidates for image in c.images]
-        prompt = tokenize_prompt(self.backbone, self.listwise_prompt(query, candidates, instruction), images,
-                                 pixel_limit=self.image_pixel_limit)
-        logits = self._next_token_logits([prompt], 1)[0]
-        probabilities = torch.softmax(logits[self.digit_ids[: len(candidates)]], dim=0).numpy()
-        return int(probabilities.argmax()), probabilities.astype(np.float32)
+            return []
+        token_ids = self.digit_ids
+        if len(prompts) > 1:  # windows of one round share the query part of the prompt
+            logits = shared_prefix_answer_logits(self.backbone, prompts, token_ids, prefix_images=len(query.images),
+                                                 batch_size=batch_size)
+        else:
+            logits = plain_answer_logits(self.backbone, prompts, token_ids, batch_size=batch_size)
+        logits = penalize_repeated(logits, token_ids, [p.input_ids for p in prompts], self.repetition_penalty)
+        return [torch.log_softmax(row[:size], dim=0).double().numpy() for row, size in zip(logits, sizes)]

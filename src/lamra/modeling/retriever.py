@@ -54,9 +54,10 @@ class Retriever:
         """Load a Qwen2-VL checkpoint (hub id or folder), optionally with a LoRA adapter.
 
         ``settings`` (or single fields as keywords, e.g. ``max_pixels=...``) set pixels,
-        positions and token caps; see :class:`lamra.settings.ModelSettings`.
+        positions and token caps; see :class:`lamra.settings.ModelSettings`. Without them, a
+        model folder's ``lamra_settings.json`` (written by lamra's trainer) gives the defaults.
         """
-        settings = (settings or ModelSettings()).with_overrides(**setting_overrides)
+        settings = (settings or ModelSettings.for_model(model)).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
                                  attn_implementation=attn_implementation, settings=settings)
         return cls(backbone)

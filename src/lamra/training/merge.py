@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..settings import SETTINGS_FILE
+
 
 def merge_lora(model: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
     """``model`` + ``adapter`` -> ``out``: weights, tokenizer (with ``<emb>``), image processor."""
@@ -20,4 +22,7 @@ def merge_lora(model: str | os.PathLike, adapter: str | os.PathLike, out: str | 
     backbone.model.save_pretrained(out)
     backbone.tokenizer.save_pretrained(out)
     backbone.image_processor.save_pretrained(out)
+    settings = Path(adapter, SETTINGS_FILE)
+    if settings.is_file():  # the settings the adapter was trained with go with the merged weights
+        (out / SETTINGS_FILE).write_bytes(settings.read_bytes())
     return out
