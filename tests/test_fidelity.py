@@ -134,3 +134,16 @@ def test_candidate_over_1024_tokens_pools_its_1024th_token(retriever):
     assert len(retriever.tokenize(text)) == 1024
     # A shorter cap is a setting, recorded in the fingerprint.
     assert retriever.fingerprint()["settings"]["max_tokens"] == 1024
+
+
+def test_an_empty_text_candidate_is_embedded_as_the_empty_formatted_text(retriever):
+    """Spec 6: a 'text' candidate with empty txt is embedded (the official code reads it as "")."""
+    from lamra.data.mbeir import candidate_from_record
+
+    record = {"did": "1:7", "txt": "", "img_path": None, "modality": "text", "src_content": None}
+    candidate = candidate_from_record(record)
+    prompt = HEAD + "\nSummarize above sentence in one word: " + TAIL
+    got = lamra_vector(retriever, candidate.item("."))
+    np.testing.assert_allclose(got, reference_vector(retriever, prompt, []), atol=1e-5)
+    with pytest.raises(Exception, match="empty"):  # a user's empty item is still an error
+        lamra_vector(retriever, Item(text=""))

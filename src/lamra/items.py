@@ -55,6 +55,14 @@ class Item:
         object.__setattr__(self, "id", None if id is None else str(id))
 
     @classmethod
+    def empty_text(cls, id: str | None = None) -> "Item":
+        """A text item whose text is empty, embedded as such (M-BEIR pools hold a few; the
+        official code embeds them as the empty formatted text). Elsewhere an empty item is an error."""
+        item = cls(id=id)
+        object.__setattr__(item, "parts", ("",))
+        return item
+
+    @classmethod
     def interleaved(cls, parts: Iterable[Any], id: str | None = None) -> "Item":
         """An item whose text and image parts keep the given order."""
         item = cls(id=id)
@@ -84,6 +92,8 @@ class Item:
         return visual or "text"
 
     def is_empty(self) -> bool:
+        if self.parts == ("",):  # Item.empty_text(): deliberately empty
+            return False
         return not self.parts or all(isinstance(p, str) and not p.strip() for p in self.parts)
 
 

@@ -334,8 +334,16 @@ class MBEIRCandidate:
 def _item(item_id: str, text: str | None, image: str | None, modality: str, root) -> Item:
     # The modality decides, as in UniIR / LamRA: an "image" line's caption text is not read.
     parts = modality.split(",")
+    if parts == ["text"] and not (text or "").strip():
+        # Real pools hold a few "text" candidates with no text; the official code embeds them
+        # as the empty formatted text (spec 6), so they stay in the pool.
+        return Item.empty_text(id=item_id)
     return Item(text=text if "text" in parts else None,
                 images=[Path(root) / image] if "image" in parts and image else [], id=item_id)
+
+
+def is_empty_text_candidate(candidate: "MBEIRCandidate") -> bool:
+    return candidate.modality == "text" and not (candidate.text or "").strip()
 
 
 def _check_id(record: dict, key: str, problems: list) -> None:
@@ -346,7 +354,8 @@ def _check_id(record: dict, key: str, problems: list) -> None:
         problems.append((key, f"must look like '{{dataset_id}}:{{n}}', got {value!r}"))
 
 
-def _check_modality(record: dict, key: str, text_key: str, image_key: str, problems: list) -> None:
+def _check_modality(record: dict, key: str, text_key: str, image_key: str, problems: list, *,
+                    empty_text_ok: bool = False) -> None:
     for optional in (text_key, image_key):
         value = record.get(optional)
         if value is not None and not isinstance(value, str):
@@ -357,7 +366,7 @@ def _check_modality(record: dict, key: str, text_key: str, image_key: str, probl
         return
     parts = modality.split(",")
     text, image = record.get(text_key), record.get(image_key)
-    if "text" in parts and not (isinstance(text, str) and text.strip()):
+    if "text" in parts and not (isinstance(text, str) and text.strip()) and not (empty_text_ok and modality == "text"):
         problems.append((text_key, f"modality is {modality!r} but the text is empty"))
     if "image" in parts and not (isinstance(image, str) and image):
         problems.append((image_key, f"modality is {modality!r} but there is no image path"))
@@ -401,7 +410,8 @@ def candidate_problems(record: dict) -> list[tuple[str, str]]:
         if key not in record:
             problems.append((key, "missing field"))
     _check_id(record, "did", problems)
-    _check_modality(record, "modality", "txt", "img_path", problems)
+    # A "text" candidate with empty text is embedded as the empty formatted text (spec 6).
+    _check_modality(record, "modality", "txt", "img_path", problems, empty_text_ok=True)
     _check_src_content(record, "src_content", problems)
     return problems
 

@@ -39,6 +39,7 @@ import numpy as np
 from .. import distributed
 from ..data.mbeir import (
     MBEIRLayout,
+    is_empty_text_candidate,
     MBEIRQuery,
     Task,
     candidate_modalities,
@@ -129,7 +130,7 @@ def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.Path
                     index = shared[path]
                 pool_indexes.append(index)
             queries = read_queries(query_path)
-            chosen_instructions = _instructions(queries, table, instructions, seed, layout, task, split, query_path)
+            chosen_instructions = task_instructions(queries, table, instructions, seed, layout, task, split, query_path)
             query_index = _query_index(cache, query_path, queries, chosen_instructions, encoder, root, **options)
             if rank != 0:
                 continue
@@ -175,9 +176,10 @@ def _check_files(layout: MBEIRLayout, tasks: list[Task], pool: str, split: str) 
                                  file=str(path))
 
 
-def _instructions(queries: list[MBEIRQuery], table: Instructions, choice: str, seed: int, layout: MBEIRLayout,
+def task_instructions(queries: list[MBEIRQuery], table: Instructions, choice: str, seed: int, layout: MBEIRLayout,
                   task: Task, split: str, query_path: Path) -> list[str]:
-    """Each query's instruction; for ``random`` the positives' modalities come from the task's
+    """Each query's instruction (what the retriever read, and what a reranker of the run reads);
+    for ``random`` the positives' modalities come from the task's
     local pool (the union pool file when there is no local one)."""
     modality_of = None
     if choice == "random":
@@ -256,7 +258,12 @@ def _pool_index(cache: EmbeddingCache, path: Path, encoder: Encoder, root: Path,
     """The pool's index: streamed from the jsonl only when it has to be encoded."""
 
     def items():
-        return [candidate.item(root) for candidate in iter_candidates(path)]
+        candidates = list(iter_candidates(path))
+        empty = sum(1 for candidate in candidates if is_empty_text_candidate(candidate))
+        if empty:
+            logger.warning("%s: %d 'text' candidate(s) have no text; embedded as the empty formatted text, "
+                           "as the official code does", path, empty)
+        return [candidate.item(root) for candidate in candidates]
 
     return cache.index(path.stem, items, encoder, source=path, count=count_lines(path),
                        locate=lambda did: _line_of(path, "did", did), skip_bad=skip_bad, skip_hint=SKIP_HINT)

@@ -78,7 +78,7 @@ class Reranker:
         ``settings`` (or single fields as keywords, e.g. ``rerank_scores="raw"``) as for the
         retriever; see :class:`lamra.settings.ModelSettings`.
         """
-        settings = (settings or ModelSettings()).with_overrides(**setting_overrides)
+        settings = (settings or ModelSettings.for_model(model)).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
                                  attn_implementation=attn_implementation, settings=settings)
         return cls(backbone, repetition_penalty=repetition_penalty, listwise_window=listwise_window,
