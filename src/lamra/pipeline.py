@@ -4,6 +4,9 @@
 - :func:`rerank_hits` / :func:`rerank_run` - rerank *stored* retrieval results (ids + scores
   per query, e.g. a TREC run read back with ``lamra.evaluation.report.read_trec_run``), so a
   caller can rerank without encoding anything again.
+- :func:`fuse_ranked` - the fusion rule alone (fuse, order, ties in retrieval order), shared by
+  the above, ``lamra search --rerank``, ``lamra eval mbeir --rerank``
+  (:mod:`lamra.evaluation.rerank`) and the server.
 
 Fusion: ``S = alpha * S_ret + (1 - alpha) * S_rank`` over the reranked top-K (the rest keep
 their retrieval order below them). ``alpha`` is one number, a ``{task: alpha}`` mapping, or
@@ -123,11 +126,20 @@ def rerank_hits(reranker, query: Any, hits: Sequence[tuple[str, float]], candida
     items = [find(item_id) for item_id, _ in head]
     s_rank = rerank_scores(reranker, query, items, mode=mode, instruction=instruction, batch_size=batch_size,
                            window=window)
+    return fuse_ranked(head, s_rank, weight) + [Hit(item_id, score) for item_id, score in tail]
+
+
+def fuse_ranked(head: Sequence[tuple[str, float]], s_rank, alpha: float) -> list[Hit]:
+    """The reranked ``head`` ((id, S_ret) in retrieval order) fused with its ``s_rank`` and
+    ordered by ``alpha * S_ret + (1 - alpha) * S_rank``, best first; equal fused scores keep
+    the retrieval order. The one fusion rule of the CLI, the evaluation and the server."""
+    s_rank = np.asarray(s_rank, dtype=np.float32).reshape(-1)
+    if len(s_rank) != len(head):
+        raise ValueError(f"{len(s_rank)} rerank scores for {len(head)} candidates")
     s_ret = np.array([score for _, score in head], dtype=np.float32)
-    fused = fuse(s_ret, s_rank, weight)
-    order = np.argsort(-fused, kind="stable")  # equal fused scores keep the retrieval order
-    reranked = [Hit(head[i][0], head[i][1], float(s_rank[i]), float(fused[i])) for i in order]
-    return reranked + [Hit(item_id, score) for item_id, score in tail]
+    fused = fuse(s_ret, s_rank, alpha)
+    order = np.argsort(-fused, kind="stable")
+    return [Hit(str(head[i][0]), float(head[i][1]), float(s_rank[i]), float(fused[i])) for i in order]
 
 
 def rerank_run(reranker, queries: Mapping[str, Any], run: Mapping[str, Sequence[tuple[str, float]]],

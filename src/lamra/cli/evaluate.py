@@ -10,7 +10,7 @@ import typer
 
 from ..errors import InputError
 from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
-                      model_settings)
+                      RERANK_SCORES, model_settings)
 
 eval_app = typer.Typer(help="Evaluate a retriever: M-BEIR (local / global pools) or a zero-shot folder.",
                        no_args_is_help=True)
@@ -95,11 +95,29 @@ def mbeir(
     positions: Optional[str] = POSITIONS,
     max_tokens: Optional[int] = MAX_TOKENS,
     image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): rerank each "
+                                                                "query's stored top --rerank-top-k, fuse, and show "
+                                                                "Ret and Ret+Rank side by side. Without --model / "
+                                                                "--baseline, the runs of the evaluation already in "
+                                                                "--out are reranked."),
+    rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
+    rerank_top_k: int = typer.Option(50, "--rerank-top-k", min=1, help="Retrieved candidates reranked per query "
+                                                                        "(LamRA: 50; at most --top-k)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
+                                          help="Fusion weight for every task: alpha * retrieval + (1 - alpha) * "
+                                               "rerank (default: the released per-task weights: 0.5, but 2/3 for "
+                                               "mscoco_task0 and 1/1.1 for mscoco_task3)."),
+    listwise: bool = typer.Option(False, "--listwise", help="Listwise reranking instead of pointwise P(Yes)."),
+    rerank_batch_size: int = typer.Option(16, "--rerank-batch-size", min=1, help="Candidates per reranker forward."),
+    rerank_scores: Optional[str] = RERANK_SCORES,
 ) -> None:
     """Evaluate on M-BEIR: a per-task table (the paper's Table 2), TREC runs, cached embeddings.
 
     Queries use the first instruction of their task unless --instructions random. Under torchrun,
-    every process encodes a share of each pool; the first one searches and writes.
+    every process encodes a share of each pool; the first one searches and writes. With --rerank,
+    the stored runs are reranked (nothing is encoded again) and Ret and Ret+Rank are shown side by
+    side; the rerank scores are kept in OUT/rerank-scores, so an interrupted or repeated run
+    scores only what is missing.
     """
     from rich.console import Console
 
@@ -116,11 +134,28 @@ def mbeir(
         raise typer.BadParameter(f"'first' or 'random', not {instructions!r}", param_hint="--instructions")
     names = _task_names(tasks)
     out = out or Path("lamra-eval") / f"mbeir-{pool}"
+    reranking = _rerank_options(rerank, rerank_lora=rerank_lora, alpha=alpha, listwise=listwise,
+                                rerank_scores=rerank_scores, rerank_top_k=rerank_top_k, top_k=top_k)
+    console = Console(stderr=True, quiet=quiet or not _is_rank_zero())
+    # The reranker's settings: its own folder's, with the options given (positions do not apply: M-RoPE).
+    rerank_settings = dict(max_pixels=max_pixels, min_pixels=min_pixels, max_tokens=max_tokens,
+                           image_pixel_limit=image_pixel_limit, rerank_scores=rerank_scores)
+    if reranking and model is None and baseline is None:  # rerank the runs already in --out
+        _check_stored(out, root, pool=pool, split=split, instructions=instructions, seed=seed,
+                      rerank_top_k=rerank_top_k)
+        console.print(f"output folder: {out.resolve()} (reranking its stored runs)", markup=False,
+                      highlight=False, soft_wrap=True)
+        _rerank_and_report(out, root, names, console, model=rerank, lora=rerank_lora, device=device, dtype=dtype,
+                           top_k=rerank_top_k, alpha=alpha, listwise=listwise, batch_size=rerank_batch_size,
+                           quiet=quiet, settings=rerank_settings)
+        typer.echo(f"nothing encoded; wrote results.json, results.csv, results.md and runs/ to {out.resolve()}")
+        return
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    if reranking:
+        _check_sources(rerank, rerank_lora)  # a wrong --rerank fails before the retrieval runs
     encoder = _encoder(model, lora, baseline, device, dtype, positives=lambda: oracle_positives(root, names, split),
                        settings=settings, quiet=quiet)
-    console = Console(stderr=True, quiet=quiet or not _is_rank_zero())
     console.print(f"output folder: {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
     results = evaluate_mbeir(root, encoder, out, tasks=names, pool=pool, split=split, top_k=top_k,
                              cache_dir=cache_dir, index_dtype=index_dtype, batch_size=batch_size,
@@ -128,7 +163,14 @@ def mbeir(
                              instructions=instructions, seed=seed, skip_bad=skip_bad, shard_size=shard_size)
     if not _is_rank_zero():
         return
-    Console().print(rich_table(results.results, f"M-BEIR, {pool} pool ({split})"))
+    if reranking:
+        del encoder  # the retriever leaves memory before the reranker loads
+        _free_accelerator_memory()
+        _rerank_and_report(out, root, names, console, model=rerank, lora=rerank_lora, device=device, dtype=dtype,
+                           top_k=rerank_top_k, alpha=alpha, listwise=listwise, batch_size=rerank_batch_size,
+                           quiet=quiet, settings=rerank_settings)
+    else:
+        Console().print(rich_table(results.results, f"M-BEIR, {pool} pool ({split})"))
     typer.echo(f"pool: {pool}, {describe_pool(pool, split)}")
     bad_queries = sum(len(v) for v in results.skipped["queries"].values())
     bad_candidates = sum(len(v) for v in results.skipped["candidates"].values())
@@ -137,6 +179,89 @@ def mbeir(
                    f"listed under 'skipped' in {results.files['json']}")
     encoded = f"encoded {len(results.built)}, reused {len(results.reused)} cached embedding sets"
     typer.echo(f"{encoded}; wrote results.json, results.csv, results.md and runs/ to {out.resolve()}")
+
+
+def _rerank_options(rerank, *, rerank_lora, alpha, listwise, rerank_scores, rerank_top_k, top_k) -> bool:
+    """Whether this run reranks; reranking options without --rerank, or a depth past --top-k, are usage errors."""
+    if rerank is None:
+        given = [name for name, value in (("--rerank-lora", rerank_lora), ("--alpha", alpha),
+                                          ("--listwise", listwise or None), ("--rerank-scores", rerank_scores))
+                 if value is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} only work(s) with --rerank", param_hint="--rerank")
+        return False
+    if rerank_top_k > top_k:
+        raise typer.BadParameter(f"{rerank_top_k} is more than the {top_k} candidates retrieved per query "
+                                 "(raise --top-k)", param_hint="--rerank-top-k")
+    return True
+
+
+def _check_stored(out: Path, root: Path, *, pool: str, split: str, instructions: str, seed: int,
+                  rerank_top_k: int) -> None:
+    """--rerank alone: the evaluation in --out must be the one these options describe."""
+    from ..evaluation.rerank import read_evaluation
+
+    try:
+        report = read_evaluation(out)
+    except InputError as exc:
+        raise typer.BadParameter(f"no evaluation to rerank in {out} ({exc}): give --model (or --baseline) to run "
+                                 "the retrieval first, or --out with an earlier evaluation",
+                                 param_hint="--rerank") from None
+    stored_choice = report.get("instruction_choice", "first")
+    stored_seed = report.get("instruction_seed") or 0
+    mismatches = [(option, given, stored) for option, given, stored in (
+        ("--pool", pool, report["pool"]), ("--split", split, report["split"]),
+        ("--instructions", instructions, stored_choice),
+        ("--seed", seed if instructions == "random" else 0, stored_seed if stored_choice == "random" else 0))
+        if given != stored]
+    if Path(report["root"]).resolve() != root.resolve():
+        mismatches.append(("ROOT", str(root), report["root"]))
+    if mismatches:
+        said = "; ".join(f"{option} {stored} there, {given} here" for option, given, stored in mismatches)
+        raise typer.BadParameter(f"{out} holds another evaluation ({said}): pass the same options, or --model to "
+                                 "evaluate again", param_hint="--rerank")
+    if rerank_top_k > int(report["top_k"]):
+        raise typer.BadParameter(f"the stored runs hold the top {report['top_k']} per query; {rerank_top_k} is "
+                                 "more", param_hint="--rerank-top-k")
+
+
+def _check_sources(model, lora) -> None:
+    from .models import check_sources
+
+    check_sources(model, lora)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _rerank_and_report(out: Path, root: Path, names, console, *, model, lora, device, dtype, top_k, alpha, listwise,
+                       batch_size, quiet, settings: dict) -> None:
+    """Load the reranker, rerank the stored runs in ``out``, print Ret and Ret+Rank side by side."""
+    from rich.console import Console
+
+    from ..evaluation.rerank import read_evaluation, rerank_mbeir
+    from ..evaluation.report import rich_side_by_side
+    from .models import load_reranker
+
+    report = read_evaluation(out)
+    reranker = load_reranker(model, lora=lora, device=device, dtype=dtype, settings=model_settings(model, **settings),
+                             quiet=quiet)
+    results = rerank_mbeir(out, reranker, root=root, tasks=names, top_k=top_k, alpha=alpha,
+                           mode="listwise" if listwise else "pointwise", batch_size=batch_size,
+                           show_progress=not quiet, announce=lambda message: console.print(message, style="dim"))
+    Console().print(rich_side_by_side(results.retrieval, results.reranked,
+                                      f"M-BEIR, {report['pool']} pool ({report['split']}): Ret and Ret+Rank"))
+    typer.echo(f"reranked the top {top_k} ({results.mode}); alpha: "
+               + (f"{alpha:g}" if alpha is not None else "the released per-task weights"))
+    scored, reused = sum(results.scored.values()), sum(results.reused.values())
+    typer.echo(f"rerank scores: {scored} queries scored, {reused} reused from {out.resolve() / 'rerank-scores'}")
 
 
 @eval_app.command("zeroshot")

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
-                      model_settings)
+                      RERANK_SCORES, model_settings)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
 
@@ -27,6 +27,7 @@ SHARD_SIZE = typer.Option(1024, "--shard-size", help="Items per checkpointed sha
 BATCH_SIZE = typer.Option(64, "--batch-size", help="Most items in one forward pass.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 INDEX = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build).")
+DEFAULT_RERANK_TOP_K = 50  # LamRA reranks the retriever's top 50 (spec section 5); lamra.pipeline.DEFAULT_TOP_K
 
 
 def register(app: typer.Typer) -> None:
@@ -180,10 +181,22 @@ def search(
     text: Optional[str] = typer.Option(None, "--text", "-t", help="Query text."),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Query image file."),
     instruction: Optional[str] = typer.Option(None, help="Task instruction, e.g. \"Find me an everyday image "
-                                                         "that matches the given caption.\""),
-    k: int = typer.Option(10, "-k", help="How many results."),
+                                                         "that matches the given caption.\" (the retriever and "
+                                                         "the reranker both read it)."),
+    k: int = typer.Option(10, "-k", min=1, help="How many results."),
     model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): hub id or folder. "
+                                                                "The top --top-k hits are reranked and fused."),
+    rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
+    top_k: int = typer.Option(DEFAULT_RERANK_TOP_K, "--top-k", min=1,
+                              help="With --rerank: retrieved candidates the reranker scores (LamRA: 50)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
+                                          help="With --rerank: fused = alpha * retrieval + (1 - alpha) * rerank "
+                                               "(default 0.5)."),
+    listwise: bool = typer.Option(False, "--listwise", help="With --rerank: listwise reranking (windows of "
+                                                            "candidates, one answer each) instead of pointwise "
+                                                            "P(Yes)."),
     nprobe: Optional[int] = typer.Option(None, help="ivf: lists visited (overrides the index's setting)."),
     ef_search: Optional[int] = typer.Option(None, help="hnsw: search beam width (overrides the index's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -194,16 +207,29 @@ def search(
     positions: Optional[str] = POSITIONS,
     max_tokens: Optional[int] = MAX_TOKENS,
     image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    rerank_scores: Optional[str] = RERANK_SCORES,
 ) -> None:
-    """Search an index with a text and / or image query."""
+    """Search an index with a text and / or image query; with --rerank, rerank the top hits and fuse.
+
+    With --rerank the table shows three scores per hit: retrieval (cosine), rerank (P(Yes), or
+    the listwise odds against the chosen candidate) and fused, which orders the results.
+    """
     from ..index import Index
     from ..items import Item, image_size
-    from .models import check_sources, load_retriever, resolve_model
+    from .models import check_sources, load_reranker, load_retriever, resolve_model
 
     if text is None and image is None:
         _usage_error("give --text and/or --image")
+    if rerank is None:
+        given = [name for name, value in (("--rerank-lora", rerank_lora), ("--alpha", alpha),
+                                          ("--listwise", listwise or None), ("--rerank-scores", rerank_scores))
+                 if value is not None]
+        if given:
+            _usage_error(f"{', '.join(given)} only work(s) with --rerank")
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
+    if rerank is not None:
+        check_sources(rerank, rerank_lora)  # a wrong --rerank fails before anything loads
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     if image is not None:
@@ -215,26 +241,77 @@ def search(
     with _query_image_errors():
         vectors = retriever.encode([query], instruction, show_progress=False)
     overrides = {k_: v for k_, v in {"nprobe": nprobe, "ef_search": ef_search}.items() if v is not None}
+    depth = max(k, top_k) if rerank is not None else k
     try:
-        scores, ids = index.search(vectors, k, **overrides)
+        scores, ids = index.search(vectors, depth, **overrides)
     except ValueError as exc:
         _usage_error(exc)
-    hits = [{"rank": n + 1, "id": item_id, "score": float(score), "text": meta.get("text"), "image": meta.get("image")}
-            for n, (item_id, score) in enumerate(zip(ids[0], scores[0]))
-            for meta in [index.metadata(item_id)]]
+    found = [(item_id, float(score)) for item_id, score in zip(ids[0], scores[0])]
+    fused_with = None
+    if rerank is None:
+        from ..pipeline import Hit
+
+        ranked = [Hit(item_id, score) for item_id, score in found]
+    else:
+        rerank_settings = model_settings(rerank, max_pixels=max_pixels, min_pixels=min_pixels,
+                                         max_tokens=max_tokens, image_pixel_limit=image_pixel_limit,
+                                         rerank_scores=rerank_scores)
+        reranker = load_reranker(rerank, lora=rerank_lora, device=device, dtype=dtype, settings=rerank_settings)
+        ranked, fused_with = _rerank(reranker, query, found, index, top_k=top_k, alpha=alpha,
+                                     listwise=listwise, instruction=instruction)
+    hits = [_hit_record(n, hit, index.metadata(hit.id), reranked=rerank is not None)
+            for n, hit in enumerate(ranked[:k])]
     if as_json:
-        typer.echo(json.dumps({"query": {"text": text, "image": str(image) if image else None,
-                                         "instruction": instruction}, "results": hits}, ensure_ascii=False))
+        payload = {"query": {"text": text, "image": str(image) if image else None, "instruction": instruction},
+                   "results": hits}
+        if fused_with is not None:
+            payload["rerank"] = fused_with
+        typer.echo(json.dumps(payload, ensure_ascii=False))
         return
+    _print_hits(hits, f"top {len(hits)} of {len(index)} in {index_path}"
+                + (f", top {fused_with['top_k']} reranked ({fused_with['mode']}, alpha {fused_with['alpha']:g})"
+                   if fused_with else ""), reranked=fused_with is not None)
+
+
+def _rerank(reranker, query, found, index, *, top_k, alpha, listwise, instruction):
+    """The pipeline's rerank + fusion of the retrieved ``found`` [(id, score)], and what was used."""
+    from ..pipeline import alpha_for, item_from_metadata, rerank_hits
+
+    mode = "listwise" if listwise else "pointwise"
+    weight = alpha_for(alpha)
+    # (The query image was read by the retriever already: an image error here is a candidate's.)
+    ranked = rerank_hits(reranker, query, found, lambda item_id: item_from_metadata(index.metadata(item_id)),
+                         top_k=top_k, alpha=weight, mode=mode, instruction=instruction)
+    return ranked, {"model": reranker.fingerprint().get("model"), "mode": mode, "alpha": weight,
+                    "top_k": min(top_k, len(found))}
+
+
+def _hit_record(position: int, hit, meta: dict, *, reranked: bool) -> dict:
+    record = {"rank": position + 1, "id": hit.id, "score": hit.score}
+    if reranked:
+        record.update(retrieval=hit.retrieval, rerank=hit.rerank, fused=hit.fused)
+    record.update(text=meta.get("text"), image=meta.get("image"))
+    return record
+
+
+def _print_hits(hits: list[dict], title: str, *, reranked: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"top {len(hits)} of {len(index)} in {index_path}")
-    for column, style in (("#", "dim"), ("id", "cyan"), ("score", "green"), ("text", None), ("image", "magenta")):
+    table = Table(title=title)
+    scores = ("retrieval", "rerank", "fused") if reranked else ("score",)
+    columns = [("#", "dim"), ("id", "cyan")] + [(name, "green") for name in scores] + [("text", None),
+                                                                                       ("image", "magenta")]
+    for column, style in columns:
         table.add_column(column, style=style, overflow="fold")
     for hit in hits:
-        table.add_row(str(hit["rank"]), hit["id"], f"{hit['score']:.4f}", _short(hit["text"]), hit["image"] or "")
+        values = [_score(hit[name]) for name in scores]
+        table.add_row(str(hit["rank"]), hit["id"], *values, _short(hit["text"]), hit["image"] or "")
     Console().print(table)
+
+
+def _score(value) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _open_collection(collection, kind, mbeir_root, skip_bad):

@@ -130,7 +130,8 @@ def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.Path
                     index = shared[path]
                 pool_indexes.append(index)
             queries = read_queries(query_path)
-            chosen_instructions = task_instructions(queries, table, instructions, seed, layout, task, split, query_path)
+            chosen_instructions = task_instructions(queries, table, instructions, seed, layout, task, split,
+                                                    query_path)
             query_index = _query_index(cache, query_path, queries, chosen_instructions, encoder, root, **options)
             if rank != 0:
                 continue
@@ -177,10 +178,10 @@ def _check_files(layout: MBEIRLayout, tasks: list[Task], pool: str, split: str) 
 
 
 def task_instructions(queries: list[MBEIRQuery], table: Instructions, choice: str, seed: int, layout: MBEIRLayout,
-                  task: Task, split: str, query_path: Path) -> list[str]:
+                      task: Task, split: str, query_path: Path) -> list[str]:
     """Each query's instruction (what the retriever read, and what a reranker of the run reads);
-    for ``random`` the positives' modalities come from the task's
-    local pool (the union pool file when there is no local one)."""
+    for ``random`` the positives' modalities come from the task's local pool (the union pool file
+    when there is no local one)."""
     modality_of = None
     if choice == "random":
         source = layout.local_pool(task.name)

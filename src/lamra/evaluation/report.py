@@ -97,6 +97,86 @@ def write_reports(results: Sequence[TaskResult], out: Path, *, title: str, info:
     return paths
 
 
+# -- Ret and Ret+Rank side by side -----------------------------------------------------------
+
+SIDE_BY_SIDE_HEADER = ["Task", "Dataset", "Metric", "Ret", "Ret+Rank"]
+
+
+def _side_by_side_rows(retrieval: Sequence[TaskResult], reranked: Sequence[TaskResult]) -> list[list[str]]:
+    if [r.task for r in retrieval] != [r.task for r in reranked]:
+        raise ValueError("Ret and Ret+Rank results must list the same tasks in the same order")
+    rows = [[f"{n}. {ret.task_type}", ret.dataset, ret.metric, f"{ret.score:.1f}", f"{rank.score:.1f}"]
+            for n, (ret, rank) in enumerate(zip(retrieval, reranked), start=1)]
+    count = len(retrieval)
+    label = "Average" if count == 16 else f"Average ({count} task{'' if count == 1 else 's'})"
+    rows.append([label, "", "", f"{average(retrieval):.1f}", f"{average(reranked):.1f}"])
+    return rows
+
+
+def rich_side_by_side(retrieval: Sequence[TaskResult], reranked: Sequence[TaskResult], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in SIDE_BY_SIDE_HEADER:
+        table.add_column(name, justify="right" if name.startswith("Ret") else "left")
+    rows = _side_by_side_rows(retrieval, reranked)
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    return table
+
+
+def markdown_side_by_side(retrieval: Sequence[TaskResult], reranked: Sequence[TaskResult], title: str,
+                          note: str | None = None) -> str:
+    """Ret and Ret+Rank per task, then both as rows of the paper's Table 2 layout."""
+    lines = [f"# {title}", ""] + ([note, ""] if note else [])
+    lines += ["| " + " | ".join(SIDE_BY_SIDE_HEADER) + " |", "|---|---|---|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _side_by_side_rows(retrieval, reranked)]
+    lines += ["", "As rows (the paper's Table 2 layout):", ""]
+    header = [""] + [f"{r.task_type} {r.dataset}" for r in retrieval] + ["Avg."]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---|" + "---:|" * (len(header) - 1))
+    for label, results in (("Ret", retrieval), ("Ret+Rank", reranked)):
+        lines.append(f"| {label} | " + " | ".join(f"{r.score:.1f}" for r in results) + f" | {average(results):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_side_by_side(retrieval: Sequence[TaskResult], reranked: Sequence[TaskResult]) -> str:
+    """One row per task: the Ret columns of :func:`csv_text`, then ``rerank_score`` and the
+    Ret+Rank value of every other metric (``rerank_Recall@K``)."""
+    _side_by_side_rows(retrieval, reranked)  # the same tasks, in the same order
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    extra = sorted({name for r in retrieval for name in r.metrics})
+    writer.writerow(["task", "task_type", "dataset", "metric", "score", "rerank_score", "queries", "pool",
+                     "pool_size", *extra, *[f"rerank_{name}" for name in extra]])
+
+    def values(result: TaskResult) -> list[str]:
+        return [f"{result.metrics[name]:.4f}" if name in result.metrics else "" for name in extra]
+
+    for ret, rank in zip(retrieval, reranked):
+        writer.writerow([ret.task, ret.task_type, ret.dataset, ret.metric, f"{ret.score:.4f}", f"{rank.score:.4f}",
+                         ret.queries, ret.pool, ret.pool_size, *values(ret), *values(rank)])
+    writer.writerow(["average", "", "", "", f"{average(retrieval):.4f}", f"{average(reranked):.4f}", "", "", "",
+                     *[""] * (2 * len(extra))])
+    return buffer.getvalue()
+
+
+def write_rerank_reports(retrieval: Sequence[TaskResult], reranked: Sequence[TaskResult], out: Path, *, title: str,
+                         info: dict, stem: str = "results", note: str | None = None) -> dict:
+    """results.json (the Ret fields as :func:`write_reports` writes them, Ret+Rank under
+    ``rerank``), results.csv and results.md side by side; returns their paths."""
+    rerank = {**info.get("rerank", {}), "average": average(reranked), "tasks": [asdict(r) for r in reranked]}
+    payload = {**{k: v for k, v in info.items() if k != "rerank"}, "average": average(retrieval),
+               "tasks": [asdict(r) for r in retrieval], "rerank": rerank}
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md"}
+    atomic_write_bytes(paths["json"], (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(paths["csv"], csv_side_by_side(retrieval, reranked).encode())
+    atomic_write_bytes(paths["markdown"], markdown_side_by_side(retrieval, reranked, title, note).encode())
+    return paths
+
+
 def write_trec_run(path: Path, qids: Iterable[str], ids: Iterable[Sequence[str]], scores, tag: str = "lamra") -> None:
     """TREC run lines ``qid Q0 did rank score tag`` (rank from 1), written atomically."""
     lines = []

@@ -1,5 +1,8 @@
 """The search pipeline behind the HTTP API: encode (batched) -> index search -> rerank -> fuse.
 
+Fusion and ordering are :func:`lamra.pipeline.fuse_ranked`, the rule ``lamra search --rerank``
+and ``lamra eval mbeir --rerank`` use; each request reranks its own ``rerank_depth`` (k by default).
+
 Nothing here knows about HTTP except :class:`ApiError` for refusals; the app turns requests
 into :class:`Query` values and results into JSON.
 """
@@ -20,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from ..index.store import check_fingerprint
 from ..items import Item
-from ..modeling.reranker import fuse
+from ..pipeline import alpha_for, fuse_ranked
 from .batcher import MicroBatcher, QueueFull
 from .limits import ApiError, ServeConfig
 
@@ -83,6 +86,7 @@ class SearchEngine:
         self.index = index
         self.reranker = reranker
         self.config = config or ServeConfig()
+        self.alpha = alpha_for(self.config.alpha)  # an alpha outside [0, 1] fails here, not per request
         # Vectors of another model, adapter or prompt format would give meaningless scores.
         check_fingerprint(dict(index.manifest), retriever.fingerprint(), where=str(index.path or "(in memory)"))
         self.batcher: MicroBatcher[_Job, _Encoded] = MicroBatcher(
@@ -160,11 +164,10 @@ class SearchEngine:
         if rerank and hits:
             started = time.perf_counter()
             rerank_scores = await self._rerank(query, ids, deadline)
-            fused = fuse(retrieval, rerank_scores, self.config.alpha)
-            for hit, score, total in zip(hits, rerank_scores, fused):
-                hit["rerank"], hit["fused"] = float(score), float(total)
-            # Stable sort: equal fused scores keep the retrieval order.
-            hits.sort(key=lambda hit: -hit["fused"])
+            # The pipeline's fusion rule (equal fused scores keep the retrieval order).
+            ranked = fuse_ranked([(hit["id"], hit["retrieval"]) for hit in hits], rerank_scores, self.alpha)
+            hits = [{"id": hit.id, "retrieval": hit.retrieval, "rerank": hit.rerank, "fused": hit.fused}
+                    for hit in ranked]
             timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
         hits = hits[:k]
         for rank, hit in enumerate(hits, start=1):
