@@ -106,15 +106,21 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
         (base / "UNTRAINED.txt").unlink(missing_ok=True)  # it is about to be trained
     common = dict(full=True, train_vision=True, settings=recipe["settings"], device="cpu",
                   show_progress=show_progress, save_steps=50, logging_steps=10, gradient_checkpointing=False)
-    announce("stage 1: WordNet definition -> example sentence pairs")
-    stage1 = train_retriever(load_args(None, model=str(base), data=str(data / "pairs" / "train.jsonl"),
-                                       data_kind="pairs", output_dir=str(work / "stage1"), **recipe["stage1"],
-                                       **common), on_log=_log_to(announce))
-    announce("stage 2: every demo task (M-BEIR layout, instructions)")
-    stage2 = train_retriever(load_args(None, model=str(stage1), data=str(data), data_kind="mbeir",
-                                       output_dir=str(work / "stage2"), **recipe["stage2"], **common),
-                             on_log=_log_to(announce))
-    train_seconds = round(time.perf_counter() - started, 1)
+    # A stage that finished in an earlier, interrupted run is kept; one cut short resumes from
+    # its last checkpoint (the trainer's own resume).
+    stage1 = work / "stage1" / "adapter"
+    if not (stage1 / "config.json").is_file():
+        announce("stage 1: WordNet definition -> example sentence pairs")
+        train_retriever(load_args(None, model=str(base), data=str(data / "pairs" / "train.jsonl"), data_kind="pairs",
+                                  output_dir=str(work / "stage1"), **recipe["stage1"], **common),
+                        on_log=_log_to(announce))
+    stage2 = work / "stage2" / "adapter"
+    if not (stage2 / "config.json").is_file():
+        announce("stage 2: every demo task (M-BEIR layout, instructions)")
+        train_retriever(load_args(None, model=str(stage1), data=str(data), data_kind="mbeir",
+                                  output_dir=str(work / "stage2"), **recipe["stage2"], **common),
+                        on_log=_log_to(announce))
+    train_seconds = round(time.perf_counter() - started, 1)  # this run's share, when resumed
     announce("held-out evaluation (test split): trained, untrained and chance")
     evaluation = evaluate_against_baselines(stage2, base, data, work / "eval", settings=recipe["settings"],
                                             show_progress=show_progress)

@@ -94,8 +94,8 @@ class Reranker:
         return self.checkpoint_penalty if self.settings.rerank_scores == "official" else 1.0
 
     def fingerprint(self) -> dict:
-        return {**self.backbone.fingerprint(), "rerank_scores": self.settings.rerank_scores,
-                "repetition_penalty": self.repetition_penalty}
+        return {**self.backbone.fingerprint(), "settings": self.settings.fingerprint(),
+                "rerank_scores": self.settings.rerank_scores, "repetition_penalty": self.repetition_penalty}
 
     # -- prompts ----------------------------------------------------------------------------
 

@@ -83,7 +83,8 @@ def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, dev
 
     The index opens first, so a wrong folder fails before a model loads; the app refuses an
     index made by another model, adapter, prompt format or settings. ``settings`` (a
-    :class:`~lamra.settings.ModelSettings`) go to both models.
+    :class:`~lamra.settings.ModelSettings`) go to the retriever; the reranker takes its own
+    folder's settings and the ``rerank_scores`` mode.
     """
     from ..checkpoints import is_untrained
     from ..index import Index
@@ -95,7 +96,9 @@ def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, dev
     if rerank is not None:
         from ..modeling.reranker import Reranker
 
-        reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device, dtype=dtype, settings=settings)
+        # The reranker keeps its own folder's settings; only the score mode comes from the command.
+        reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device, dtype=dtype,
+                                            rerank_scores=settings.rerank_scores if settings else None)
     return create_app(retriever, index, reranker=reranker, config=config,
                       untrained=is_untrained(model) or (rerank is not None and is_untrained(rerank)))
 

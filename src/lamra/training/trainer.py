@@ -129,7 +129,7 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
         raise ValueError(f"global_batch_size {args.global_batch_size} is not a multiple of {world} processes")
     set_seed(args.seed)
 
-    settings = ModelSettings().with_overrides(**args.settings)
+    settings = ModelSettings.for_model(args.model).with_overrides(**args.settings)
     # LoRA weights train in fp32 over bf16 base weights (peft keeps adapters in fp32).
     backbone = load_backbone(args.model, device=str(accelerator.device), dtype=dtype, settings=settings)
     backbone.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
@@ -203,6 +203,7 @@ def save_trained(backbone, folder: Path, args) -> None:
     backbone.model.save_pretrained(folder)
     backbone.tokenizer.save_pretrained(folder)
     backbone.image_processor.save_pretrained(folder)
+    backbone.settings.save(folder)  # the settings travel with the weights
     (folder / "lamra_training.json").write_text(json.dumps(
         {"args": args.to_dict(), "base_model": backbone.model_id, "settings": backbone.settings.fingerprint()},
         indent=2, default=str))
