@@ -65,7 +65,7 @@ def test_serve_options_reach_the_app(captured_run, monkeypatch, tiny_checkpoint,
     assert call["host"] == "0.0.0.0" and call["listening"][0] == "0.0.0.0"
     ((model, options),) = rerank_loads
     assert model == "some/reranker" and options["device"] == "cpu" and options["lora"] is None
-    assert options["settings"].rerank_scores == "raw"
+    assert options["rerank_scores"] == "raw"  # the reranker keeps its own folder's other settings
     config = call["app"].state.config
     assert (config.max_k, config.max_batch_size, config.alpha) == (5, 4, 0.25)
     with TestClient(call["app"]) as client:
