@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -57,3 +59,16 @@ def image_files(tmp_path_factory):
         image.save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture()
+def cached_default(tmp_path, monkeypatch, tiny_checkpoint):
+    """A default model in a private cache, as `make demo` leaves it (a tiny stand-in: no training here)."""
+    from lamra import default_model
+
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+    folder = default_model.default_model_dir()
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "UNTRAINED.txt").unlink(missing_ok=True)
+    (folder / default_model.DEFAULT_MODEL_FILE).write_text(json.dumps({"recipe": default_model.RECIPE}))
+    return folder

@@ -10,19 +10,6 @@ import pytest
 from lamra.cli import main
 
 
-@pytest.fixture()
-def cached_default(tmp_path, monkeypatch, tiny_checkpoint):
-    """A default model in a private cache, as `make demo` leaves it (a tiny stand-in: no training here)."""
-    from lamra import default_model
-
-    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
-    folder = default_model.default_model_dir()
-    shutil.copytree(tiny_checkpoint, folder)
-    (folder / "UNTRAINED.txt").unlink(missing_ok=True)
-    (folder / default_model.DEFAULT_MODEL_FILE).write_text(json.dumps({"recipe": default_model.RECIPE}))
-    return folder
-
-
 def test_commands_without_model_use_the_default_and_the_index_model(tmp_path, cached_default, capsys,
                                                                      tiny_checkpoint):
     from lamra.modeling.retriever import Retriever

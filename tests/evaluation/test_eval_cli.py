@@ -24,11 +24,11 @@ def root(tmp_path_factory):
     return path
 
 
-def test_neither_model_nor_baseline_says_one_is_needed(root, capsys):
-    assert main(["eval", "mbeir", str(root)]) == 2
+def test_neither_model_nor_baseline_uses_the_default_model(root, tmp_path, cached_default, capsys):
+    assert main(["eval", "mbeir", str(root), "-t", "cirr_task7", "--out", str(tmp_path / "e"), "-q"]) == 0
     error = plain(capsys.readouterr().err)
-    assert "one of --model" in error and "--baseline" in error and "is needed" in error
-    assert "not both" not in error
+    assert f"using lamra's default model {cached_default}" in error
+    assert "not both" not in error and "is needed" not in error
     assert main(["eval", "mbeir", str(root), "--model", "x", "--baseline", "random"]) == 2
     assert "not both" in plain(capsys.readouterr().err)
 

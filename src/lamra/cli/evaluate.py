@@ -9,13 +9,15 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
+from .models import resolve_model
 from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
                       RERANK_SCORES, model_settings)
 
 eval_app = typer.Typer(help="Evaluate a retriever: M-BEIR (local / global pools) or a zero-shot folder.",
                        no_args_is_help=True)
 
-MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id or local folder.")
+MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id or local folder (default: lamra's "
+                                                "demo model, unless --baseline is given).")
 BASELINE = typer.Option(None, "--baseline", help="Instead of a model: 'random' (chance level) or 'oracle' "
                                                  "(perfect by construction; less than 100 means broken data).")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Where the query and candidate embeddings are kept "
@@ -31,9 +33,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _encoder(model, lora, baseline, device, dtype, positives=None, settings=None, quiet=False):
-    if model is None and baseline is None:
-        raise typer.BadParameter("one of --model (a checkpoint, with optional --lora) or --baseline "
-                                 "(random or oracle) is needed")
     if model is not None and baseline is not None:
         raise typer.BadParameter("give --model (with optional --lora) or --baseline, not both")
     if baseline is not None:
@@ -150,6 +149,8 @@ def mbeir(
                            quiet=quiet, settings=rerank_settings)
         typer.echo(f"nothing encoded; wrote results.json, results.csv, results.md and runs/ to {out.resolve()}")
         return
+    if model is None and baseline is None:  # lamra's default model (it says so)
+        model, lora = resolve_model(None, lora)
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     if reranking:
@@ -297,6 +298,8 @@ def zeroshot(
     from ..evaluation.zeroshot import QRELS, evaluate_zeroshot
 
     out = out or Path("lamra-eval") / f"zeroshot-{data.name}"
+    if model is None and baseline is None:  # lamra's default model (it says so)
+        model, lora = resolve_model(None, lora)
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     encoder = _encoder(model, lora, baseline, device, dtype, positives=lambda: read_qrels(data / QRELS).positives,

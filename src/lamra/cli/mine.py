@@ -54,7 +54,7 @@ def mine(
     from .models import check_sources, load_retriever
 
     check_sources(model, lora)
-    settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
+    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
     # Bad data fails here, in one line, before the model loads (mine() reads it again: cheap).
     plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)

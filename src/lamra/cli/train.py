@@ -1,4 +1,4 @@
-"""``lamra train retriever`` and ``lamra lora merge``."""
+"""``lamra train retriever``, ``lamra train reranker`` and ``lamra lora merge``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(help="Train LamRA models (retriever: stage 1 pairs, stage 2 M-BEIR).", no_args_is_help=True)
+train_app = typer.Typer(help="Train LamRA models (retriever: stage 1 pairs, stage 2 M-BEIR; reranker: "
+                                      "pointwise + listwise on mined negatives).", no_args_is_help=True)
 lora_app = typer.Typer(help="LoRA adapters: merge one into its base model.", no_args_is_help=True)
 
 
@@ -48,8 +49,45 @@ def retriever(
                    f"(or merge it: lamra lora merge {args.model} {adapter} MERGED)")
 
 
+@train_app.command("reranker")
+def reranker(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A yaml preset, e.g. configs/rerank.yaml."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base checkpoint (the raw Qwen2-VL-Instruct "
+                                                                     "model): hub id or local folder."),
+    data: Optional[str] = typer.Option(None, help="M-BEIR root."),
+    mined: Optional[str] = typer.Option(None, help="The jsonl written by lamra mine (each query's top-k)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Where checkpoints and the adapter go."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    global_batch_size: Optional[int] = typer.Option(None, help="Training queries per step over all processes "
+                                                               "(each: two pointwise pairs and one list)."),
+    chunk_size: Optional[int] = typer.Option(None, help="Queries per forward pass (gradient accumulation)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any argument as key=value (repeatable)."),
+) -> None:
+    """Train LamRA-Rank: next-token cross-entropy on the answers of pointwise (Yes / No) and
+    listwise (Ans: (k)) prompts built from mined negatives; resumes from the newest checkpoint.
+
+    Under torchrun (or accelerate launch) every process trains on its share of each global batch.
+    """
+    from ..training.args import RerankerTrainingArgs, load_args, parse_assignment
+    from ..training.trainer import train_reranker
+
+    extra = dict(parse_assignment(a, args_class=RerankerTrainingArgs) for a in assignments or [])
+    args = load_args(config, args_class=RerankerTrainingArgs, model=model, data=data, mined=mined,
+                     output_dir=output_dir, max_steps=max_steps, global_batch_size=global_batch_size,
+                     chunk_size=chunk_size, device=device, **extra)
+    adapter = train_reranker(args, on_log=_print_log)
+    from ..distributed import is_main_process
+
+    if is_main_process():
+        typer.echo(f"adapter written to {adapter}")
+        typer.echo(f"use it: Reranker.from_pretrained({args.model!r}, lora={str(adapter)!r})")
+
+
 def _print_log(record: dict) -> None:
-    typer.echo(f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}  "
+    parts = "".join(f"  {name.removesuffix('_loss')} {record[name]:.4f}" for name in ("pointwise_loss", "listwise_loss")
+                    if name in record)
+    typer.echo(f"step {record['step']}/{record['total_steps']}  loss {record['loss']:.4f}{parts}  "
                f"lr {record['lr']:.2e}  {record['samples_per_second']:.1f} samples/s", err=True)
 
 

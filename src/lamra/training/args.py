@@ -73,8 +73,88 @@ class RetrieverTrainingArgs:
         return asdict(self)
 
 
-def load_args(config: str | os.PathLike | None = None, **overrides: Any) -> RetrieverTrainingArgs:
-    """A preset (yaml) with ``overrides`` on top (``None`` values are ignored)."""
+LABEL_SPANS = ("answer", "answer_eos", "official")
+RERANK_LOSSES = ("sum", "joint")
+INSTRUCTION_CHOICES = ("random", "first")
+
+
+@dataclass
+class RerankerTrainingArgs:
+    """Everything a LamRA-Rank training run needs (spec sections 3 and 4); configs/rerank.yaml
+    holds the released values. One example is one training query: a positive and a negative
+    pointwise pair and one listwise list (docs/training-rerank.md)."""
+
+    model: str = ""                      # the raw Qwen2-VL-Instruct model (not the retriever)
+    output_dir: str = "lamra-rerank"
+    data: str = ""                       # M-BEIR root
+    mined: str = ""                      # the jsonl `lamra mine` wrote (top-k of every training query)
+    train_queries: str | None = None     # a query jsonl (default: union_train, else query/train/*)
+    train_pool: str | None = None        # the pool of positives and mined candidates (default: union train pool)
+    max_text_tokens: int = 256           # format, then cut each text to this many tokens (spec 2)
+    max_negatives: int = 4               # listwise: M negatives, M uniform in [1, max_negatives]
+    label_span: str = "answer"           # "answer", "answer_eos" (+ <|im_end|>), "official" (whole assistant turn)
+    loss: str = "sum"                    # "sum": L_point + L_list (spec 3); "joint": one token mean (released code)
+    instructions: str = "random"         # "random" (released: keyed on the drawn positive) or "first"
+    # model
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    train_vision: bool = False
+    full: bool = False
+    gradient_checkpointing: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    settings: dict = field(default_factory=dict)   # ModelSettings fields (max_pixels, ...)
+    # optimisation
+    global_batch_size: int = 128         # training queries per step over all processes
+    chunk_size: int | None = None        # queries per forward (gradient accumulation); None: the whole share
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    seed: int = 0
+    # bookkeeping
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    num_workers: int = 0
+    resume: bool = True
+    show_progress: bool = True
+
+    def __post_init__(self):
+        for name, allowed in (("label_span", LABEL_SPANS), ("loss", RERANK_LOSSES),
+                              ("instructions", INSTRUCTION_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}", field=name)
+
+    def check(self) -> None:
+        """Refuse a run that cannot start, before any model is loaded."""
+        for name in ("model", "data", "mined", "output_dir"):
+            if not getattr(self, name):
+                raise InputError(f"missing: set {name} in the config or with --{name.replace('_', '-')}", field=name)
+        if self.global_batch_size < 1:
+            raise InputError("global_batch_size must be at least 1", field="global_batch_size")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise InputError("chunk_size must be at least 1", field="chunk_size")
+        if self.max_negatives < 1:
+            raise InputError("max_negatives must be at least 1 (a listwise list has 2 or more candidates)",
+                             field="max_negatives")
+        if self.max_negatives > 8:
+            raise InputError("max_negatives must be at most 8: the listwise answer is one digit (1-9)",
+                             field="max_negatives")
+        if self.max_text_tokens < 1:
+            raise InputError("max_text_tokens must be at least 1", field="max_text_tokens")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_args(config: str | os.PathLike | None = None, *, args_class: type = RetrieverTrainingArgs,
+              **overrides: Any):
+    """A preset (yaml) with ``overrides`` on top (``None`` values are ignored); ``args_class``
+    is :class:`RetrieverTrainingArgs` (the default) or :class:`RerankerTrainingArgs`."""
     import yaml
 
     values: dict = {}
@@ -88,23 +168,36 @@ def load_args(config: str | os.PathLike | None = None, **overrides: Any) -> Retr
             raise InputError(f"not valid yaml: {exc}", file=str(path)) from None
         if not isinstance(values, dict):
             raise InputError("the config must be a mapping of argument names to values", file=str(path))
-        known = {f.name for f in fields(RetrieverTrainingArgs)}
+        known = {f.name for f in fields(args_class)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown argument(s) {unknown}; known: {sorted(known)}", file=str(path),
                              field=unknown[0])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return RetrieverTrainingArgs(**values)
+    return args_class(**_numbers(args_class, values, source=str(config) if config is not None else None))
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
+def _numbers(args_class: type, values: dict, *, source: str | None) -> dict:
+    """Float fields given as text become floats: yaml reads ``2e-5`` (no dot) as a string."""
+    types = {f.name: str(f.type) for f in fields(args_class)}
+    out = dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and types.get(key, "").split(" |")[0] == "float":
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise InputError(f"{key} must be a number, got {value!r}", file=source, field=key) from None
+    return out
+
+
+def parse_assignment(text: str, *, args_class: type = RetrieverTrainingArgs) -> tuple[str, Any]:
     """``key=value`` from ``--set``; the value is read as yaml (numbers, booleans, null)."""
     import yaml
 
     if "=" not in text:
         raise InputError(f"--set takes key=value, got {text!r}", field="set")
     key, value = text.split("=", 1)
-    known = {f.name for f in fields(RetrieverTrainingArgs)}
+    known = {f.name for f in fields(args_class)}
     if key not in known:
         raise InputError(f"unknown argument {key!r}; known: {sorted(known)}", field="set")
     return key, yaml.safe_load(value)

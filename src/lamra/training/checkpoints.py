@@ -62,7 +62,9 @@ class CheckpointManager:
 
 # Changing these mid-run would not continue the same run.
 _RESUME_MUST_MATCH = ("model", "data", "data_kind", "global_batch_size", "seed", "lora_r", "lora_alpha", "full",
-                      "max_steps", "epochs", "learning_rate", "text_rule")
+                      "max_steps", "epochs", "learning_rate", "text_rule",
+                      # the reranker's (RerankerTrainingArgs)
+                      "mined", "label_span", "loss", "max_negatives", "max_text_tokens", "instructions")
 
 
 def _keep_trained_weights(models, weights, output_dir) -> None:

@@ -1,0 +1,422 @@
+"""Hard-negative mining for LamRA-Rank: every training query's top-k in its task's pool.
+
+The released code (train/mbeir_get_rerank_train_data.py) embeds each task's training queries
+with LamRA-Ret, ranks that task's training pool by cosine and keeps the top 100 and the
+positives; rerank training then draws its negatives from the top 100 minus the positives.
+
+Here the same, through the index layer (:meth:`lamra.index.Index.build` / ``search``):
+
+- queries: the training query files (``query/union_train`` or ``query/train/*``), each with
+  its instruction: the query's own (an ``instruction`` field in its line) when the data gives
+  one, else the first of its task (``instructions="first"``) or the released code's seeded
+  random choice (``"random"``);
+- pools: M-BEIR has one union training pool; a task's pool (``pools="task"``, the default) is
+  the part of it with the task's dataset (the did prefix) and candidate modality, plus the
+  task's positives. ``pools="union"`` ranks every query against the whole pool;
+- output: one json line per query, in query-file order (:class:`MinedQuery`)::
+
+    {"qid": "9:12", "task": "mscoco_task0", "instruction": "...", "positives": ["9:3"],
+     "top": [["9:3", 0.8125], ["9:77", 0.6406], ...], "negatives": ["9:77", ...]}
+
+  ``top`` is the top-k with cosine scores, best first (positives included, as retrieved);
+  ``negatives`` is ``top`` without the positives, in rank order. A positive is never listed
+  as a negative.
+
+Resumable: the pool and the queries are encoded by ``Index.build`` in checkpointed shards
+under ``OUT.work/``, and each task's results are written there atomically when its search
+is done; a killed run, started again with the same arguments, keeps what was finished. The
+output file appears (atomically) when every task is done, and the work folder is removed.
+Under ``torchrun`` every rank encodes its share of the shards and rank 0 searches and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import distributed
+from ..data.mbeir import (DATASET_BY_ID, TASK_MODALITIES, MBEIRCandidate, MBEIRLayout, MBEIRQuery, iter_candidates,
+                          read_queries)
+from ..data.mbeir_instructions import load_instructions
+from ..embeddings import atomic_write_bytes
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+MINED_FORMAT = "lamra-mined-1"
+POOL_CHOICES = ("task", "union")
+INSTRUCTION_CHOICES = ("first", "random")
+DEFAULT_K = 100
+PLAN_FILE = "mining.json"
+
+
+@dataclass
+class MinedQuery:
+    """One line of a mined file."""
+
+    qid: str
+    positives: list[str]
+    top: list[tuple[str, float]]
+    negatives: list[str]
+    task: str | None = None
+    instruction: str | None = None
+    line: int | None = None
+
+    def to_record(self) -> dict:
+        return {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
+                "top": [[did, round(float(score), 6)] for did, score in self.top], "negatives": self.negatives}
+
+
+@dataclass
+class MiningSummary:
+    out: Path
+    queries: int
+    tasks: dict[str, dict] = field(default_factory=dict)  # task -> {"queries", "pool", "recall@1", ...}
+    resumed: bool = False
+
+
+def mined_query(qid: str, positives: Sequence[str], ranked: Sequence[str], scores: Sequence[float], *,
+                task: str | None = None, instruction: str | None = None) -> MinedQuery:
+    """The record of one query: its top-k as retrieved, and the negatives (top-k minus positives)."""
+    wanted = set(positives)
+    top = [(did, float(score)) for did, score in zip(ranked, scores)]
+    return MinedQuery(qid, list(positives), top, [did for did, _ in top if did not in wanted], task, instruction)
+
+
+def read_mined(path: str | os.PathLike) -> dict[str, MinedQuery]:
+    """``{qid: MinedQuery}`` of a mined file; a bad line raises an InputError naming it."""
+    from ..data.jsonl import iter_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("mined file not found (make it with `lamra mine`)", file=str(path))
+    out: dict[str, MinedQuery] = {}
+    for line, record in iter_jsonl(path):
+        if record is None:
+            continue
+        where = dict(file=str(path), line=line)
+        if not isinstance(record, dict):
+            raise InputError("expected a json object", **where)
+        qid = record.get("qid")
+        if not isinstance(qid, str) or not qid:
+            raise InputError(f"qid must be a non-empty string, got {qid!r}", field="qid", **where)
+        where["item"] = qid
+        if qid in out:
+            raise InputError(f"duplicate qid (first on line {out[qid].line})", field="qid", **where)
+        positives, top, negatives = record.get("positives"), record.get("top"), record.get("negatives")
+        if not isinstance(positives, list) or not all(isinstance(d, str) for d in positives):
+            raise InputError("positives must be a list of did strings", field="positives", **where)
+        if not isinstance(top, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                                                and isinstance(e[1], (int, float)) for e in top):
+            raise InputError("top must be a list of [did, score] pairs", field="top", **where)
+        if not isinstance(negatives, list) or not all(isinstance(d, str) for d in negatives):
+            raise InputError("negatives must be a list of did strings", field="negatives", **where)
+        if set(negatives) & set(positives):
+            raise InputError(f"lists positive(s) {sorted(set(negatives) & set(positives))} as negatives",
+                             field="negatives", **where)
+        out[qid] = MinedQuery(qid, positives, [(d, float(s)) for d, s in top], negatives, record.get("task"),
+                              record.get("instruction"), line)
+    return out
+
+
+# -- which queries and pools -------------------------------------------------------------------
+
+def task_name(dataset_id: int, task_id: int) -> str:
+    dataset = DATASET_BY_ID.get(int(dataset_id), f"dataset{dataset_id}")
+    return f"{dataset}_task{task_id}"
+
+
+def default_query_files(root: Path) -> list[Path]:
+    from .data import _default_query_files
+
+    return _default_query_files(root)
+
+
+@dataclass
+class _Plan:
+    """Queries, their instructions and tasks, the pool, and each task's rows of the pool."""
+
+    queries: list[MBEIRQuery]
+    query_files: list[Path]
+    instructions: list[str]
+    tasks: dict[str, list[int]]          # task -> rows of ``queries``
+    candidates: list[MBEIRCandidate]     # the candidates to encode, in pool-file order
+    task_pools: dict[str, list[int]]     # task -> rows of ``candidates``
+
+
+def _read_queries(files: list[Path]) -> tuple[list[MBEIRQuery], list[Path]]:
+    queries, sources, seen = [], [], {}
+    for path in files:
+        for query in read_queries(path):
+            if query.qid in seen:
+                raise InputError(f"qid also in {seen[query.qid]}", file=str(path), line=query.line, item=query.qid,
+                                 field="qid")
+            seen[query.qid] = path
+            queries.append(query)
+            sources.append(path)
+    if not queries:
+        raise InputError("no training queries", file=", ".join(map(str, files)))
+    return queries, sources
+
+
+def _instructions(queries: list[MBEIRQuery], sources: list[Path], root: Path, choice: str, seed: int,
+                  modality_of: dict[str, str]) -> list[str]:
+    from ..prompts import format_text
+
+    table = load_instructions(root)
+    out = []
+    for query, path in zip(queries, sources):
+        own = query.extra.get("instruction")
+        if own is not None:
+            if not isinstance(own, str) or not own.strip():
+                raise InputError("instruction must be a non-empty string", file=str(path), line=query.line,
+                                 item=query.qid, field="instruction")
+            out.append(format_text(own))
+        elif choice == "random":
+            out.append(table.random_for_query(query, seed, modality_of, file=str(path)))
+        else:
+            out.append(table.for_query(query))
+    return out
+
+
+def plan_mining(root: str | os.PathLike, *, queries: Sequence[str | os.PathLike] | None = None,
+                pool: str | os.PathLike | None = None, pools: str = "task", instructions: str = "first",
+                seed: int = 0) -> _Plan:
+    """Read and check everything before a model is loaded: bad lines, unknown tasks, positives
+    missing from the pool each raise an InputError naming the file, line and field."""
+    if pools not in POOL_CHOICES:
+        raise InputError(f"pools must be one of {POOL_CHOICES}, got {pools!r}", field="pools")
+    if instructions not in INSTRUCTION_CHOICES:
+        raise InputError(f"instructions must be one of {INSTRUCTION_CHOICES}, got {instructions!r}",
+                         field="instructions")
+    root = Path(root)
+    files = [Path(q) for q in queries] if queries else default_query_files(root)
+    pool_file = Path(pool) if pool else MBEIRLayout(root).global_pool("train")
+    if not pool_file.is_file():
+        raise InputError("candidate pool not found", file=str(pool_file))
+    query_list, sources = _read_queries(files)
+    everything: list[MBEIRCandidate] = []
+    seen: dict[str, int] = {}
+    for candidate in iter_candidates(pool_file):
+        if candidate.did in seen:
+            raise InputError(f"duplicate did (first on line {seen[candidate.did]})", file=str(pool_file),
+                             line=candidate.line, item=candidate.did, field="did")
+        seen[candidate.did] = candidate.line
+        everything.append(candidate)
+    position = {c.did: n for n, c in enumerate(everything)}
+    tasks: dict[str, list[int]] = {}
+    for row, (query, path) in enumerate(zip(query_list, sources)):
+        if query.task_id not in TASK_MODALITIES:
+            raise InputError(f"unknown task id {query.task_id!r}", file=str(path), line=query.line, item=query.qid,
+                             field="task_id")
+        for did in query.positives:
+            if did not in position:
+                raise InputError(f"positive {did!r} is not in {pool_file}", file=str(path), line=query.line,
+                                 item=query.qid, field="pos_cand_list")
+        tasks.setdefault(task_name(query.dataset_id, query.task_id), []).append(row)
+    modality_of = {c.did: c.modality for c in everything}
+    chosen = _instructions(query_list, sources, root, instructions, seed, modality_of)
+
+    if pools == "union":
+        task_rows = {name: list(range(len(everything))) for name in tasks}
+    else:
+        task_rows = {}
+        for name, rows in tasks.items():
+            first = query_list[rows[0]]
+            wanted_modality = TASK_MODALITIES[first.task_id][1]
+            members = {n for n, c in enumerate(everything)
+                       if c.dataset_id == first.dataset_id and c.modality == wanted_modality}
+            members.update(position[did] for row in rows for did in query_list[row].positives)
+            task_rows[name] = sorted(members)
+    used = sorted({n for rows in task_rows.values() for n in rows})
+    renumber = {old: new for new, old in enumerate(used)}
+    return _Plan(query_list, sources, chosen, tasks, [everything[n] for n in used],
+                 {name: [renumber[n] for n in rows] for name, rows in task_rows.items()})
+
+
+# -- mining ------------------------------------------------------------------------------------
+
+def work_folder(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int = DEFAULT_K,
+         queries: Sequence[str | os.PathLike] | None = None, pool: str | os.PathLike | None = None,
+         pools: str = "task", instructions: str = "first", seed: int = 0, shard_size: int = 1024,
+         batch_size: int | None = None, show_progress: bool = True, overwrite: bool = False) -> MiningSummary:
+    """Mine the top ``k`` of every training query of the M-BEIR root ``root`` into ``out`` (jsonl).
+
+    See the module docstring for the queries, pools and output; ``retriever`` is a
+    :class:`~lamra.modeling.retriever.Retriever` (or anything with ``encode`` and ``fingerprint``).
+    Run again with the same arguments after a kill, it resumes.
+    """
+    from ..index import Index
+
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}", field="k")
+    out = Path(out)
+    work = work_folder(out)
+    if out.exists() and not work.exists():
+        if not overwrite:
+            raise InputError("exists; delete it or pass overwrite=True (--force) to mine again", file=str(out))
+        if distributed.is_main_process():
+            out.unlink()
+    plan = plan_mining(root, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
+    record = _plan_record(retriever, plan, k=k, pools=pools, instructions=instructions, seed=seed, root=root)
+    root = Path(root)
+    with distributed.process_group() as rank:
+        resumed = _start_work(work, record) if rank == 0 else False
+        distributed.barrier()
+        options = {"shard_size": shard_size, "show_progress": show_progress and rank == 0}
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        pool_index = _build(Index, [c.item(root) for c in plan.candidates], retriever, work / "pool",
+                            lines={c.did: c.line for c in plan.candidates}, file=_pool_path(plan, root, pool),
+                            dtype="float16", **options)
+        query_index = _build(Index, [q.item(root) for q in plan.queries], retriever, work / "queries",
+                             lines={q.qid: q.line for q in plan.queries}, file=None, sources=plan,
+                             instruction=plan.instructions, dtype="float32", **options)
+        summary = MiningSummary(out, len(plan.queries), resumed=resumed)
+        if rank == 0:
+            results = work / "tasks"
+            results.mkdir(exist_ok=True)
+            vectors = _Vectors(pool_index, query_index)
+            for name, rows in plan.tasks.items():
+                summary.tasks[name] = _search_task(name, rows, plan, vectors, k, results)
+            _assemble(plan, results, out)
+            atomic_write_bytes(Path(str(out) + ".summary.json"), json.dumps(
+                {**record, "tasks": summary.tasks, "queries": len(plan.queries)}, indent=2).encode())
+            shutil.rmtree(work, ignore_errors=True)
+        distributed.barrier()
+    return summary
+
+
+def _pool_path(plan: _Plan, root: Path, pool) -> Path:
+    return Path(pool) if pool else MBEIRLayout(root).global_pool("train")
+
+
+def _build(index_class, items, retriever, path: Path, *, lines: dict, file: Path | None, sources: _Plan | None = None,
+           **options):
+    """``Index.build`` (resumable); an item's error names its file and line."""
+    try:
+        return index_class.build(items, retriever, path, **options)
+    except InputError as exc:
+        if exc.item is None:
+            raise
+        where = file
+        if sources is not None:  # queries: the file that item came from
+            row = next((n for n, q in enumerate(sources.queries) if q.qid == exc.item), None)
+            where = sources.query_files[row] if row is not None else None
+        raise exc.located(file=str(where) if where else None, line=lines.get(exc.item)) from None
+
+
+class _Vectors:
+    """The pool and query vectors, read once and only when a task still has to be searched."""
+
+    def __init__(self, pool_index, query_index):
+        self.pool_index, self.query_index = pool_index, query_index
+        self._pool, self._queries = None, None
+
+    def pool(self) -> np.ndarray:
+        if self._pool is None:
+            self._pool = self.pool_index.vectors()
+        return self._pool
+
+    def queries(self) -> np.ndarray:
+        if self._queries is None:
+            self._queries = self.query_index.vectors()
+        return self._queries
+
+
+def _search_task(name: str, rows: list[int], plan: _Plan, vectors: _Vectors, k: int, results: Path) -> dict:
+    """Search one task's queries in its pool (unless a previous run did) and write its results."""
+    from ..index import Index
+
+    done = results / f"{name}.jsonl"
+    if not done.is_file():
+        members = plan.task_pools[name]
+        pool_index = vectors.pool_index
+        if len(members) == len(pool_index):
+            index = pool_index
+        else:
+            index = Index.from_vectors(vectors.pool()[members], [plan.candidates[n].did for n in members],
+                                       pool_index.fingerprint(), dtype="float32")
+        scores, ranked = index.search(vectors.queries()[rows], k=k)
+        lines = []
+        for row, row_scores, row_ids in zip(rows, scores, ranked):
+            query = plan.queries[row]
+            mined = mined_query(query.qid, query.positives, row_ids, row_scores, task=name,
+                                instruction=plan.instructions[row])
+            lines.append(json.dumps(mined.to_record(), ensure_ascii=False) + "\n")
+        atomic_write_bytes(done, "".join(lines).encode("utf-8"))
+        logger.info("%s: mined the top %d of %d queries in a pool of %d", name, k, len(rows), len(index))
+    return _task_stats(done, len(plan.task_pools[name]))
+
+
+def _task_stats(path: Path, pool_size: int) -> dict:
+    """Recall@1/5/10 of the retriever on the task's training queries, and how many negatives each has."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    stats: dict = {"queries": len(records), "pool": pool_size}
+    for cut in (1, 5, 10):
+        hits = [bool(set(r["positives"]) & {did for did, _ in r["top"][:cut]}) for r in records]
+        stats[f"recall@{cut}"] = round(100 * sum(hits) / max(1, len(hits)), 2)
+    stats["without_negatives"] = sum(1 for r in records if not r["negatives"])
+    return stats
+
+
+def _assemble(plan: _Plan, results: Path, out: Path) -> None:
+    """Every task's lines, in query-file order, written atomically to ``out``."""
+    by_qid = {}
+    for name in plan.tasks:
+        for line in (results / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                by_qid[json.loads(line)["qid"]] = line
+    text = "".join(by_qid[q.qid] + "\n" for q in plan.queries)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, text.encode("utf-8"))
+
+
+def _plan_record(retriever, plan: _Plan, *, k: int, pools: str, instructions: str, seed: int, root) -> dict:
+    """What the results depend on; a resumed run must match it."""
+    from ..evaluation.cache import file_sha256, strings_sha256
+
+    return {
+        "format": MINED_FORMAT,
+        "fingerprint": retriever.fingerprint(),
+        "k": k,
+        "pools": pools,
+        "instructions": instructions,
+        "seed": seed if instructions == "random" else None,
+        "root": str(Path(root).resolve()),
+        "query_files": {str(p): file_sha256(p) for p in dict.fromkeys(plan.query_files)},
+        "candidates_sha256": strings_sha256(c.did for c in plan.candidates),
+        "instructions_sha256": strings_sha256(plan.instructions),
+    }
+
+
+def _start_work(work: Path, record: dict) -> bool:
+    """Create the work folder, or check that the one there was started with the same arguments."""
+    path = work / PLAN_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored_json = json.dumps(stored, sort_keys=True, default=str)
+        if stored_json != json.dumps(json.loads(json.dumps(record, default=str)), sort_keys=True):
+            changed = sorted(key for key in set(stored) | set(record)
+                             if json.dumps(stored.get(key), sort_keys=True, default=str)
+                             != json.dumps(record.get(key), sort_keys=True, default=str))
+            raise InputError(f"an interrupted mining run with other settings ({', '.join(changed)}) is there: "
+                             "run it with the same arguments, or delete the folder to start again", file=str(work))
+        logger.warning("resuming the mining run in %s", work)
+        return True
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(record, indent=2, default=str).encode())
+    return False
+
