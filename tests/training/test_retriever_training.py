@@ -208,7 +208,7 @@ def test_small_recipe_learns_held_out_text_pairs(tmp_path, tiny_checkpoint):
     assert after >= before + 0.25, (before, after)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("chunk_size", [None, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size):
     """torchrun, gloo, CPU: the global batch split over 2 ranks equals 1 rank holding all of it."""
     script = Path(__file__).with_name("ddp_equivalence.py")
