@@ -6,7 +6,7 @@ import pytest
 
 from lamra import Retriever
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # 16 merged tokens per image: at 4 (56 x 56) the vision tower learns too little in this budget.
 SETTINGS = {"max_pixels": 112 * 112, "min_pixels": 112 * 112}

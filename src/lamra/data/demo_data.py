@@ -181,6 +181,7 @@ def _rendered(order: list, size: int, workers: int):
 
 
 def _clipart(build: _Build, source: Path) -> None:
+    clipart.check_renderer()
     size = build.config.size
     scan = clipart.scan(source)
     build.skipped.update({f"clipart: {reason}": n for reason, n in scan.skipped.items()})

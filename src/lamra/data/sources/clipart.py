@@ -170,6 +170,20 @@ def scan(root: str | Path, *, max_title_share: int = MAX_TITLE_SHARE, max_bytes:
     return ClipartScan(cliparts, skipped)
 
 
+def check_renderer() -> None:
+    """Fail at once, with what to install, when cairosvg or the cairo library is missing (otherwise
+    every drawing would fail and be counted as a bad file)."""
+    from ...errors import InputError
+
+    try:
+        import cairosvg  # noqa: F401 - cairocffi loads the C library on import
+    except ImportError:
+        raise InputError("drawing the cliparts needs cairosvg: pip install 'lamra[demo]'") from None
+    except OSError as exc:
+        raise InputError(f"drawing the cliparts needs the cairo library ({exc}): apt-get install libcairo2 "
+                         "(make data-packages)") from None
+
+
 def render(path: str | Path, size: int):
     """The SVG drawn on a white ``size`` x ``size`` square (aspect kept, centred), an RGB PIL image.
 
