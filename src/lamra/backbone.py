@@ -147,9 +147,12 @@ class Backbone:
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (non-reentrant: works with frozen inputs)."""
         network = self.base_model()
-        # transformers 5.2x renamed it; older releases of the pinned range have only the old name.
-        enable = getattr(network, "activation_checkpointing_enable", None) or network.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.2x renamed it (and its keyword); older releases of the pinned range have
+        # only the old name.
+        if hasattr(network, "activation_checkpointing_enable"):
+            network.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def trainable_parameters(self) -> list:
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -229,3 +229,26 @@ def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path, tiny_checkpo
     assert any(g.abs().max() > 1e-3 for g in one["grads"].values())
     for name, gradient in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoint, image_files):
+    from accelerate import Accelerator
+
+    from lamra.training.steps import EmbeddingModel, plain_step
+
+    accelerator = Accelerator(cpu=True)
+    results = []
+    for checkpointing in (False, True):
+        retriever = lora_retriever(tiny_checkpoint)
+        if checkpointing:
+            retriever.backbone.enable_gradient_checkpointing()
+            network = retriever.backbone.base_model()
+            assert getattr(network, "is_activation_checkpointing", None) or network.is_gradient_checkpointing
+        retriever.backbone.train()
+        batch = RetrievalCollator(retriever.processor)(examples(image_files))
+        loss = plain_step(accelerator, EmbeddingModel(retriever), batch, temperature=0.05)
+        results.append((float(loss), grads_of(retriever)))
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = results
+    assert checkpointed_loss == pytest.approx(loss, abs=1e-5)
+    for name, gradient in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
