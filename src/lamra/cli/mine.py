@@ -56,8 +56,8 @@ def mine(
     check_sources(model, lora)
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
                               max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
-    # Bad data fails here, in one line, before the model loads (mine() reads it again: cheap).
-    plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
+    # Bad data fails here, in one line, before the model loads.
+    plan = plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
     rank = int(os.environ.get("RANK", "0"))
     if work_folder(out).is_dir() and rank == 0:
         typer.echo(f"resuming the interrupted run in {work_folder(out)}", err=True)
@@ -65,7 +65,8 @@ def mine(
     from ..training.mining import mine as run
 
     summary = run(retriever, data, out, k=k, queries=queries, pool=pool, pools=pools, instructions=instructions,
-                  seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force)
+                  seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force,
+                  plan=plan)
     if rank != 0:
         return
     typer.echo(f"{'task':<24}{'queries':>8}{'pool':>9}{'R@1':>8}{'R@5':>8}{'R@10':>8}")

@@ -144,7 +144,8 @@ class _Plan:
     """Queries, their instructions and tasks, the pool, and each task's rows of the pool."""
 
     queries: list[MBEIRQuery]
-    query_files: list[Path]
+    query_files: list[Path]              # the file of each query
+    pool_file: Path
     instructions: list[str]
     tasks: dict[str, list[int]]          # task -> rows of ``queries``
     candidates: list[MBEIRCandidate]     # the candidates to encode, in pool-file order
@@ -237,7 +238,7 @@ def plan_mining(root: str | os.PathLike, *, queries: Sequence[str | os.PathLike]
             task_rows[name] = sorted(members)
     used = sorted({n for rows in task_rows.values() for n in rows})
     renumber = {old: new for new, old in enumerate(used)}
-    return _Plan(query_list, sources, chosen, tasks, [everything[n] for n in used],
+    return _Plan(query_list, sources, pool_file, chosen, tasks, [everything[n] for n in used],
                  {name: [renumber[n] for n in rows] for name, rows in task_rows.items()})
 
 
@@ -251,12 +252,14 @@ def work_folder(out: str | os.PathLike) -> Path:
 def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int = DEFAULT_K,
          queries: Sequence[str | os.PathLike] | None = None, pool: str | os.PathLike | None = None,
          pools: str = "task", instructions: str = "first", seed: int = 0, shard_size: int = 1024,
-         batch_size: int | None = None, show_progress: bool = True, overwrite: bool = False) -> MiningSummary:
+         batch_size: int | None = None, show_progress: bool = True, overwrite: bool = False,
+         plan: _Plan | None = None) -> MiningSummary:
     """Mine the top ``k`` of every training query of the M-BEIR root ``root`` into ``out`` (jsonl).
 
     See the module docstring for the queries, pools and output; ``retriever`` is a
     :class:`~lamra.modeling.retriever.Retriever` (or anything with ``encode`` and ``fingerprint``).
-    Run again with the same arguments after a kill, it resumes.
+    Run again with the same arguments after a kill, it resumes. ``plan``: what
+    :func:`plan_mining` returned for the same arguments (saves reading the data twice).
     """
     from ..index import Index
 
@@ -269,17 +272,22 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
             raise InputError("exists; delete it or pass overwrite=True (--force) to mine again", file=str(out))
         if distributed.is_main_process():
             out.unlink()
-    plan = plan_mining(root, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
+    if plan is None:
+        plan = plan_mining(root, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
     record = _plan_record(retriever, plan, k=k, pools=pools, instructions=instructions, seed=seed, root=root)
     root = Path(root)
     with distributed.process_group() as rank:
-        resumed = _start_work(work, record) if rank == 0 else False
+        resumed = _check_work(work, record)  # every rank: a mismatch stops all of them, none waits
+        distributed.barrier()
+        if rank == 0 and not resumed:
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(work / PLAN_FILE, json.dumps(record, indent=2, default=str).encode())
         distributed.barrier()
         options = {"shard_size": shard_size, "show_progress": show_progress and rank == 0}
         if batch_size is not None:
             options["batch_size"] = batch_size
         pool_index = _build(Index, [c.item(root) for c in plan.candidates], retriever, work / "pool",
-                            lines={c.did: c.line for c in plan.candidates}, file=_pool_path(plan, root, pool),
+                            lines={c.did: c.line for c in plan.candidates}, file=plan.pool_file,
                             dtype="float16", **options)
         query_index = _build(Index, [q.item(root) for q in plan.queries], retriever, work / "queries",
                              lines={q.qid: q.line for q in plan.queries}, file=None, sources=plan,
@@ -297,10 +305,6 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
             shutil.rmtree(work, ignore_errors=True)
         distributed.barrier()
     return summary
-
-
-def _pool_path(plan: _Plan, root: Path, pool) -> Path:
-    return Path(pool) if pool else MBEIRLayout(root).global_pool("train")
 
 
 def _build(index_class, items, retriever, path: Path, *, lines: dict, file: Path | None, sources: _Plan | None = None,
@@ -396,27 +400,23 @@ def _plan_record(retriever, plan: _Plan, *, k: int, pools: str, instructions: st
         "instructions": instructions,
         "seed": seed if instructions == "random" else None,
         "root": str(Path(root).resolve()),
-        "query_files": {str(p): file_sha256(p) for p in dict.fromkeys(plan.query_files)},
+        "query_files": {str(p.resolve()): file_sha256(p) for p in dict.fromkeys(plan.query_files)},
         "candidates_sha256": strings_sha256(c.did for c in plan.candidates),
         "instructions_sha256": strings_sha256(plan.instructions),
     }
 
 
-def _start_work(work: Path, record: dict) -> bool:
-    """Create the work folder, or check that the one there was started with the same arguments."""
+def _check_work(work: Path, record: dict) -> bool:
+    """True if ``work`` holds an interrupted run of the same job; refuse one of another job."""
     path = work / PLAN_FILE
-    if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        stored_json = json.dumps(stored, sort_keys=True, default=str)
-        if stored_json != json.dumps(json.loads(json.dumps(record, default=str)), sort_keys=True):
-            changed = sorted(key for key in set(stored) | set(record)
-                             if json.dumps(stored.get(key), sort_keys=True, default=str)
-                             != json.dumps(record.get(key), sort_keys=True, default=str))
-            raise InputError(f"an interrupted mining run with other settings ({', '.join(changed)}) is there: "
-                             "run it with the same arguments, or delete the folder to start again", file=str(work))
-        logger.warning("resuming the mining run in %s", work)
-        return True
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(record, indent=2, default=str).encode())
-    return False
-
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    record = json.loads(json.dumps(record, default=str))  # as it was stored
+    changed = sorted(key for key in set(stored) | set(record)
+                     if json.dumps(stored.get(key), sort_keys=True) != json.dumps(record.get(key), sort_keys=True))
+    if changed:
+        raise InputError(f"an interrupted mining run with other settings ({', '.join(changed)}) is there: "
+                         "run it with the same arguments, or delete the folder to start again", file=str(work))
+    logger.warning("resuming the mining run in %s", work)
+    return True
