@@ -109,7 +109,9 @@ def build_index(items, retriever, path, *, backend: str = "flat", dtype: str = "
                 _already_built(path, plan)
             distributed.barrier()
             return Index.open(path, verify=False)
-        if rank == 0 and path.is_dir() and any(p.name != WORK for p in path.iterdir()):
+        # A work folder means an interrupted build, even when it was killed while saving the index
+        # (some segment files written, no manifest yet): the save is simply done again.
+        if rank == 0 and path.is_dir() and not (path / WORK).is_dir() and any(p.name != WORK for p in path.iterdir()):
             raise InputError("folder exists and is not a lamra index (nor an interrupted build); "
                              "choose another --out", file=str(path))
         encode = _encoder(retriever, batch_size, max_batch_tokens)
