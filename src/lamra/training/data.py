@@ -81,33 +81,12 @@ class MBEIRTrainDataset:
         """Every problem that would stop training, found before the first step."""
         problems = []
         for query, path in zip(self.queries, self._query_files):
-            where = dict(file=str(path), line=query.line, item=query.qid)
-            if query.task_id not in TASK_MODALITIES:
-                problems.append(InputError(f"unknown task id {query.task_id!r}", field="task_id", **where))
-            if not query.positives:
-                problems.append(InputError("no positive candidate", field="pos_cand_list", **where))
-            for did in query.positives:
-                if did not in self.candidates:
-                    problems.append(InputError(f"positive {did!r} is not in {self.pool_file}", field="pos_cand_list",
-                                               **where))
-            if not (query.text or "").strip() and not query.image:
-                problems.append(InputError("no text and no image", field="query_txt", **where))
-            if query.image and not (self.root / query.image).is_file():
-                problems.append(InputError(f"image not found: {self.root / query.image}", field="query_img_path",
-                                           **where))
+            problems += query_problems(query, path, self.candidates, self.pool_file, self.root)
             if self.use_hard_negatives and not [d for d in query.negatives if d in self.candidates]:
-                problems.append(InputError("no hard negative in the pool", field="neg_cand_list", **where))
-        for candidate in self.candidates.values():
-            where = dict(file=str(self.pool_file), line=candidate.line, item=candidate.did)
-            if not (candidate.text or "").strip() and not candidate.image:
-                problems.append(InputError("no text and no image", field="txt", **where))
-            if candidate.image and not (self.root / candidate.image).is_file():
-                problems.append(InputError(f"image not found: {self.root / candidate.image}", field="img_path",
-                                           **where))
-        if problems:
-            listed = "\n".join(str(p) for p in problems[:20])
-            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise InputError(f"{len(problems)} problem(s) in the training data:\n{listed}{more}")
+                problems.append(InputError("no hard negative in the pool", field="neg_cand_list",
+                                           file=str(path), line=query.line, item=query.qid))
+        problems += candidate_problems(self.candidates.values(), self.pool_file, self.root)
+        raise_problems(problems, "the training data")
         if not self.queries:
             raise InputError("no training queries", file=", ".join(map(str, self.query_files)))
 
@@ -128,6 +107,45 @@ class MBEIRTrainDataset:
 
     def _item(self, item_id: str, text: str | None, image: str | None) -> Item:
         return Item(text=text or None, images=[self.root / image] if image else [], id=item_id)
+
+
+def query_problems(query, path: Path, candidates: dict, pool_file: Path, root: Path) -> list[InputError]:
+    """What stops a training query: unknown task, no positive or one missing from the pool, no
+    text and no image, a missing image file (each located by file, line, item and field)."""
+    where = dict(file=str(path), line=query.line, item=query.qid)
+    problems = []
+    if query.task_id not in TASK_MODALITIES:
+        problems.append(InputError(f"unknown task id {query.task_id!r}", field="task_id", **where))
+    if not query.positives:
+        problems.append(InputError("no positive candidate", field="pos_cand_list", **where))
+    for did in query.positives:
+        if did not in candidates:
+            problems.append(InputError(f"positive {did!r} is not in {pool_file}", field="pos_cand_list", **where))
+    if not (query.text or "").strip() and not query.image:
+        problems.append(InputError("no text and no image", field="query_txt", **where))
+    if query.image and not (root / query.image).is_file():
+        problems.append(InputError(f"image not found: {root / query.image}", field="query_img_path", **where))
+    return problems
+
+
+def candidate_problems(candidates, pool_file: Path, root: Path) -> list[InputError]:
+    """Candidates with no text and no image, or a missing image file."""
+    problems = []
+    for candidate in candidates:
+        where = dict(file=str(pool_file), line=candidate.line, item=candidate.did)
+        if not (candidate.text or "").strip() and not candidate.image:
+            problems.append(InputError("no text and no image", field="txt", **where))
+        if candidate.image and not (root / candidate.image).is_file():
+            problems.append(InputError(f"image not found: {root / candidate.image}", field="img_path", **where))
+    return problems
+
+
+def raise_problems(problems: list[InputError], what: str) -> None:
+    """One error listing the first 20 problems (and how many more), if there are any."""
+    if problems:
+        listed = "\n".join(str(p) for p in problems[:20])
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InputError(f"{len(problems)} problem(s) in {what}:\n{listed}{more}")
 
 
 def random_instruction(instructions: Instructions, dataset_id: int, query_modality: str, cand_modality: str,

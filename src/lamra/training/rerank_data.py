@@ -23,11 +23,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.mbeir import TASK_MODALITIES, MBEIRLayout, iter_candidates, read_queries
+from ..data.mbeir import MBEIRLayout, iter_candidates, read_queries
 from ..data.mbeir_instructions import load_instructions
 from ..errors import InputError
 from ..items import Item
-from .data import _default_query_files, random_instruction
+from .data import _default_query_files, candidate_problems, query_problems, raise_problems, random_instruction
 from .mining import read_mined
 
 logger = logging.getLogger(__name__)
@@ -83,20 +83,8 @@ class RerankTrainDataset:
         """Every problem that would stop training, found before the model is loaded."""
         problems = []
         for query, path in zip(self.queries, self._query_files):
+            problems += query_problems(query, path, self.candidates, self.pool_file, self.root)
             where = dict(file=str(path), line=query.line, item=query.qid)
-            if query.task_id not in TASK_MODALITIES:
-                problems.append(InputError(f"unknown task id {query.task_id!r}", field="task_id", **where))
-            if not query.positives:
-                problems.append(InputError("no positive candidate", field="pos_cand_list", **where))
-            for did in query.positives:
-                if did not in self.candidates:
-                    problems.append(InputError(f"positive {did!r} is not in {self.pool_file}", field="pos_cand_list",
-                                               **where))
-            if not (query.text or "").strip() and not query.image:
-                problems.append(InputError("no text and no image", field="query_txt", **where))
-            if query.image and not (self.root / query.image).is_file():
-                problems.append(InputError(f"image not found: {self.root / query.image}", field="query_img_path",
-                                           **where))
             if query.qid not in self.negatives:
                 problems.append(InputError(f"not in the mined file {self.mined_file} (mine the same queries)",
                                            field="qid", **where))
@@ -110,17 +98,8 @@ class RerankTrainDataset:
                     problems.append(InputError(f"mined candidate {did!r} is not in {self.pool_file}", field="top",
                                                **mined_where))
                     break
-        for candidate in self.candidates.values():
-            where = dict(file=str(self.pool_file), line=candidate.line, item=candidate.did)
-            if not (candidate.text or "").strip() and not candidate.image:
-                problems.append(InputError("no text and no image", field="txt", **where))
-            if candidate.image and not (self.root / candidate.image).is_file():
-                problems.append(InputError(f"image not found: {self.root / candidate.image}", field="img_path",
-                                           **where))
-        if problems:
-            listed = "\n".join(str(p) for p in problems[:20])
-            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise InputError(f"{len(problems)} problem(s) in the reranker's training data:\n{listed}{more}")
+        problems += candidate_problems(self.candidates.values(), self.pool_file, self.root)
+        raise_problems(problems, "the reranker's training data")
         if not self.queries:
             raise InputError("no training queries", file=", ".join(map(str, self.query_files)))
 
