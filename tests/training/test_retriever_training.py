@@ -252,3 +252,17 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoin
     assert checkpointed_loss == pytest.approx(loss, abs=1e-5)
     for name, gradient in grads.items():
         torch.testing.assert_close(checkpointed_grads[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_full_training_can_keep_the_token_embeddings(tiny_checkpoint):
+    from lamra.backbone import language_model_linear_names
+
+    for train_embeddings in (True, False):
+        retriever = Retriever.from_pretrained(tiny_checkpoint, device="cpu")
+        retriever.backbone.add_lora(full=True, train_vision=True, train_embeddings=train_embeddings)
+        network = retriever.backbone.base_model()
+        assert network.get_input_embeddings().weight.requires_grad is train_embeddings
+        assert network.get_output_embeddings().weight.requires_grad is train_embeddings  # tied
+        trainable = {name for name, p in network.named_parameters() if p.requires_grad}
+        assert {f"{name}.weight" for name in language_model_linear_names(network)} <= trainable
+        assert any(".visual." in f".{name}" for name in trainable)

@@ -30,6 +30,7 @@ class RetrieverTrainingArgs:
     lora_dropout: float = 0.05
     train_vision: bool = False
     full: bool = False                   # train every language-model weight instead of a LoRA
+    train_embeddings: bool = True        # with full: also the token embeddings (false keeps pretrained ones)
     gradient_checkpointing: bool = False
     device: str | None = None
     dtype: str | None = None             # default: bf16 on GPU, fp32 on CPU
@@ -101,6 +102,7 @@ class RerankerTrainingArgs:
     lora_dropout: float = 0.05
     train_vision: bool = False
     full: bool = False
+    train_embeddings: bool = True
     gradient_checkpointing: bool = False
     device: str | None = None
     dtype: str | None = None

@@ -133,7 +133,8 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
     # LoRA weights train in fp32 over bf16 base weights (peft keeps adapters in fp32).
     backbone = load_backbone(args.model, device=str(accelerator.device), dtype=dtype, settings=settings)
     backbone.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                      train_vision=args.train_vision, full=args.full)
+                      train_vision=args.train_vision, full=args.full,
+                      train_embeddings=args.train_embeddings)
     if args.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     backbone.train()
