@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench clean chromium data-packages
+.PHONY: install test test-slow demo demo-rerank bench clean chromium data-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test-slow: $(STAMP) data-packages
 # The first run trains lamra's default model (about 10 minutes on 2 CPU cores) and caches it.
 demo: $(STAMP) data-packages
 	$(PY) -m lamra.demo
+
+# Trains the demo reranker once (a few minutes; the default model first if needed), then runs the
+# demo with it; later `make demo` runs use it from the cache.
+demo-rerank: $(STAMP) data-packages
+	$(PY) -m lamra.demo --train-reranker
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode_throughput.py

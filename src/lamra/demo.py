@@ -1,12 +1,16 @@
 """``make demo``: lamra's default model on real, held-out images, with numbers you can check.
 
     python -m lamra.demo [--model PATH_OR_HUB_ID] [--lora DIR] [--out demo-out] [--untrained]
+                         [--train-reranker] [--no-rerank]
 
 Without ``--model`` it uses lamra's default model: a small LamRA-Ret trained by lamra's own
 recipe on Debian's cliparts, Fashion-MNIST and WordNet (trained once, on first use, and cached;
 see docs/demo-model.md). It indexes held-out images (test cliparts and Fashion-MNIST *test* images,
 never seen in training), runs text and image queries and prints the rankings, and the held-out
-R@1 / R@5 of every task beside an untrained model and chance. ``--untrained`` (or a machine
+R@1 / R@5 of every task beside an untrained model and chance. When the demo reranker (a small
+LamRA-Rank trained on the same data, ``--train-reranker`` or ``make demo-rerank`` trains it once)
+is in the cache, the rankings are reranked and fused, and its Ret vs Ret+Rank table is printed.
+``--untrained`` (or a machine
 without the Debian packages) shows the pipeline on the bundled sample collection with a tiny
 random model instead, and says so.
 """
@@ -36,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="demo-out", type=Path)
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--untrained", action="store_true", help="a tiny random model on the sample collection")
+    parser.add_argument("--train-reranker", action="store_true",
+                        help="train the demo reranker first if it is not cached (a few minutes, once)")
+    parser.add_argument("--no-rerank", action="store_true", help="show retrieval alone, even with a demo reranker")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -78,12 +85,13 @@ def _trained_demo(console, args) -> None:
             raise SystemExit("the demo collection comes with the default model's data: run `make demo` once "
                              "without --model first")
         data = Path(json.loads((cached / DEFAULT_MODEL_FILE).read_text())["data"])
+    rerank = None if args.model is not None or args.no_rerank else _demo_reranker(console, model, args.train_reranker)
     retriever = Retriever.from_pretrained(model, lora=args.lora)
     index = _demo_index(console, retriever, data, args.out / "index", model, args.lora)
     for text in DEMO_TEXT_QUERIES:
-        _show(console, index, retriever, text, None, TEXT_TO_IMAGE, args.top)
+        _show(console, index, retriever, text, None, TEXT_TO_IMAGE, args.top, rerank, "fashionmnist_task0")
     for image in _example_query_images(data):
-        _show(console, index, retriever, None, image, IMAGE_TO_IMAGE, args.top)
+        _show(console, index, retriever, None, image, IMAGE_TO_IMAGE, args.top, rerank, "fashionmnist_task4")
     console.print(f"Try it in a browser: [bold].venv/bin/lamra serve {args.out / 'index'}[/] "
                   "(the index remembers its model)")
 
@@ -97,6 +105,38 @@ def _print_evaluation(console, evaluation: dict) -> None:
     for task, rows in evaluation.items():
         cells = [f"{rows[name][k]:.1f}" for name in ("trained", "untrained", "chance") for k in ("R@1", "R@5")]
         table.add_row(task, *cells)
+    console.print(table)
+
+
+def _demo_reranker(console, model: Path, train: bool):
+    """(Reranker, {task: alpha}) of the cached demo reranker of ``model``, trained first with
+    ``train``; None (and a line saying how to get one) when there is none."""
+    from .demo_reranker import cached_demo_reranker, demo_alphas, ensure_demo_reranker, read_demo_record
+    from .modeling.reranker import Reranker
+
+    folder = cached_demo_reranker(model)
+    if folder is None and train:
+        folder = ensure_demo_reranker(model, announce=lambda message: console.print(f"[dim]{message}[/]"))
+    if folder is None:
+        console.print("No demo reranker yet: [bold]make demo-rerank[/] trains one on the same data (a few "
+                      "minutes, once); make demo then reranks with it (docs/training-rerank.md).")
+        return None
+    record = read_demo_record(folder)
+    console.print(f"Demo reranker: {folder} (LamRA-Rank trained by lamra on the same data; top "
+                  f"{record['recipe']['eval']['top_k']} reranked, alpha chosen on the val split)")
+    _print_rerank_evaluation(console, record["test"])
+    return Reranker.from_pretrained(folder, device="cpu"), demo_alphas(folder), record["recipe"]["eval"]["top_k"]
+
+
+def _print_rerank_evaluation(console, test: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="Held-out test split: retrieval alone vs retrieval + rerank, Recall@1 / Recall@5 (%)")
+    for column in ("task", "Ret R@1", "Ret+Rank R@1", "Ret R@5", "Ret+Rank R@5", "alpha"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, row in test.items():
+        table.add_row(task, f"{row['Ret']['R@1']:.1f}", f"{row['Ret+Rank']['R@1']:.1f}", f"{row['Ret']['R@5']:.1f}",
+                      f"{row['Ret+Rank']['R@5']:.1f}", f"{row['alpha']:g}")
     console.print(table)
 
 
@@ -141,19 +181,36 @@ def _example_query_images(data: Path) -> list[Path]:
     return picks
 
 
-def _show(console, index, retriever, text, image, instruction, top: int) -> None:
+def _show(console, index, retriever, text, image, instruction, top: int, rerank=None, task: str | None = None) -> None:
+    """One query's top hits; with ``rerank`` (reranker, alphas, K) the top K reranked and fused."""
     from rich.table import Table
 
     from .items import Item
 
     query = Item(text=text, images=[image] if image else [], id="query")
-    scores, ids = index.search(retriever.encode([query], instruction, show_progress=False), k=top)
-    table = Table(title=f"query: {text or Path(image).name}  (instruction: {instruction})")
-    for column in ("rank", "id", "score", "label", "image"):
+    if rerank is None:
+        scores, ids = index.search(retriever.encode([query], instruction, show_progress=False), k=top)
+        hits = [(item_id, float(score), None) for item_id, score in zip(ids[0], scores[0])]
+        title = f"query: {text or Path(image).name}  (instruction: {instruction})"
+    else:
+        from .pipeline import search
+
+        reranker, alphas, top_k = rerank
+        ranked = search(retriever, index, reranker, [query], top_k=top_k, k=top, alpha=alphas, task=task,
+                        instruction=instruction)[0]
+        hits = [(hit.id, hit.score, hit) for hit in ranked]
+        title = (f"query: {text or Path(image).name}  (instruction: {instruction}; top {top_k} reranked, "
+                 f"alpha {alphas.get(task, 0.5):g})")
+    table = Table(title=title)
+    columns = ("rank", "id", "score", "label", "image") if rerank is None else \
+        ("rank", "id", "fused", "retrieval", "P(Yes)", "label", "image")
+    for column in columns:
         table.add_column(column)
-    for rank, (item_id, score) in enumerate(zip(ids[0], scores[0]), start=1):
+    for rank, (item_id, score, hit) in enumerate(hits, start=1):
         meta = index.metadata(item_id)
-        table.add_row(str(rank), item_id, f"{score:.3f}", meta.get("label") or meta.get("text") or "",
+        scores = [f"{score:.3f}"] if hit is None else [f"{score:.3f}", f"{hit.retrieval:.3f}",
+                                                       f"{hit.rerank:.3f}" if hit.rerank is not None else "-"]
+        table.add_row(str(rank), item_id, *scores, meta.get("label") or meta.get("text") or "",
                       Path(meta["image"]).name if meta.get("image") else "")
     console.print(table)
 

@@ -1,0 +1,307 @@
+"""lamra's demo reranker: a small LamRA-Rank trained on the demo data with the demo retriever.
+
+The recipe (``RERANK_RECIPE``, measured in docs/training-rerank.md, "The demo reranker"):
+
+1. **mine**: every demo training query's top ``k`` in its task's training pool, with the
+   retriever (:func:`lamra.training.mining.mine`);
+2. **train**: a reranker (:func:`lamra.training.trainer.train_reranker`, pointwise + listwise
+   answers, spec 3), all weights trained, starting from the *retriever's* weights;
+3. **evaluate**: the retriever's ranking of the held-out splits (``evaluate_mbeir``), then its
+   top ``K`` reranked and fused (``rerank_mbeir``): the fusion weight alpha is chosen on the
+   **val** split only, then Ret and Ret+Rank are measured on the **test** split;
+4. the finished reranker folder appears atomically, with ``lamra_demo_reranker.json``: the
+   recipe, its fingerprint, the retriever's, the alphas and the per-task Ret and Ret+Rank
+   Recall@1 / Recall@5 on the test split.
+
+A fingerprint of the recipe and of the retriever's weights keys the cache folder
+(``$LAMRA_HOME/models/lamra-demo-rerank-<fingerprint>``): another recipe or another retriever
+never reuses an old reranker. Finished stages are kept in a work folder beside it, so an
+interrupted run resumes (mining and training resume within a stage too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .default_model import DEFAULT_MODEL_FILE, cache_root
+from .prompts import PROMPT_FORMAT_VERSION
+
+logger = logging.getLogger(__name__)
+
+DEMO_RERANKER_FILE = "lamra_demo_reranker.json"
+# What the work folder holds (a changed recipe or retriever starts them all again).
+STAGES = ("mined.jsonl", "mined.jsonl.work", "mined.jsonl.summary.json", "train", "eval")
+
+# Why these values (docs/training-rerank.md, "The demo reranker", has every run):
+# - start "retriever": LamRA trains its reranker from the raw Qwen2-VL-Instruct model, which has
+#   been pretrained. Our demo model has no pretraining: its untrained base is random, and a tiny
+#   random model stays at chance on relevance for thousands of steps (docs/training-rerank.md).
+#   The trained retriever's weights already map an image and its words to related hidden states;
+#   started there, the reranker learns the answer format in ~80 steps and leaves the ln 2 plateau
+#   of the pointwise loss after ~200 (at 400 steps: pointwise loss ~0.5-0.6).
+# - learning rate 1e-3: at 3e-3 the format is learned faster but the pointwise loss stayed on
+#   the plateau for the whole budget (here and on the synthetic M-BEIR).
+# - batch 8 x 400 steps, max_negatives 2: more updates in the same ~4.5 CPU minutes than
+#   16 x 200, and shorter listwise lists; the budget of the whole recipe is ~5 minutes.
+# - full weights (no LoRA): the model is tiny and there is nothing pretrained to protect.
+# - k 20: negatives from the retriever's top 20 are its own confusions; mining takes seconds.
+# - top_k 10 and alpha: one global alpha chosen on the val split (per-task alphas would be fitted
+#   on 10 to 50 val queries each); the grid is dense near 1 because P(Yes) varies over [0, 1]
+#   while the retriever's cosines in a top 10 differ by hundredths.
+RERANK_RECIPE = {
+    "version": 1,
+    "start": "retriever",                      # "retriever" or "base" (the retriever's untrained model)
+    "mine": {"k": 20},
+    "train": {"global_batch_size": 8, "learning_rate": 1e-3, "max_steps": 400, "loss": "sum",
+              "max_negatives": 2, "train_vision": True, "warmup_ratio": 0.03, "seed": 0},
+    "eval": {"top_k": 10, "val_pool": "global-union", "test_pool": "local",
+             "alpha": "global",                # "global" or "per-task": chosen on the val split
+             "alphas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0]},
+}
+
+
+def retriever_fingerprint(retriever_dir: str | os.PathLike) -> str:
+    """A digest of the retriever's weights, config and settings (content, not names or sizes: two
+    retrievers of one architecture trained differently must not share a reranker)."""
+    folder = Path(retriever_dir)
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.suffix == ".safetensors" or p.name in ("config.json", "lamra_settings.json")))
+    if not any(p.suffix == ".safetensors" for p in files):
+        from .errors import InputError
+
+        raise InputError("not a full model folder (no .safetensors weights)", file=str(folder))
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def recipe_fingerprint(recipe: dict = RERANK_RECIPE, retriever: str = "") -> str:
+    """The cache key: the recipe, the prompt format and the retriever's fingerprint."""
+    text = json.dumps({"recipe": recipe, "prompt_format": PROMPT_FORMAT_VERSION, "retriever": retriever},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def demo_reranker_dir(retriever_dir: str | os.PathLike, recipe: dict = RERANK_RECIPE) -> Path:
+    return cache_root() / "models" / f"lamra-demo-rerank-{recipe_fingerprint(recipe, retriever_fingerprint(retriever_dir))}"
+
+
+def cached_demo_reranker(retriever_dir: str | os.PathLike, recipe: dict = RERANK_RECIPE) -> Path | None:
+    """The finished demo reranker of this retriever and recipe, or None."""
+    folder = demo_reranker_dir(retriever_dir, recipe)
+    return folder if (folder / DEMO_RERANKER_FILE).is_file() else None
+
+
+def read_demo_record(folder: str | os.PathLike) -> dict:
+    """The json record of a finished demo reranker (recipe, fingerprints, alphas, evaluation)."""
+    return json.loads((Path(folder) / DEMO_RERANKER_FILE).read_text(encoding="utf-8"))
+
+
+def demo_alphas(folder: str | os.PathLike) -> dict[str, float]:
+    """The fusion weights chosen on the val split, ``{task: alpha}`` (a ``pipeline`` alpha mapping)."""
+    return dict(read_demo_record(folder)["alphas"])
+
+
+def ensure_demo_reranker(retriever_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                         *, recipe: dict = RERANK_RECIPE, announce: Callable[[str], None] = logger.warning,
+                         show_progress: bool = True, work_dir: str | os.PathLike | None = None) -> Path:
+    """The cached demo reranker of ``retriever_dir`` (default: the default model), trained first
+    if there is none yet for this recipe (minutes, once). ``data_dir``: the demo data (default:
+    the data the default model was trained on, from its ``lamra_default_model.json``)."""
+    if retriever_dir is None:
+        from .default_model import ensure_default_model
+
+        retriever_dir = ensure_default_model(announce=announce, show_progress=show_progress)
+    cached = cached_demo_reranker(retriever_dir, recipe)
+    if cached is not None:
+        return cached
+    folder = demo_reranker_dir(retriever_dir, recipe)
+    announce(f"no demo reranker in {folder.parent} yet: training it now (a few minutes on 2 CPU cores, once)")
+    return train_demo_reranker(retriever_dir, data_dir, folder, recipe=recipe, announce=announce,
+                               show_progress=show_progress, work_dir=work_dir)
+
+
+def _data_of(retriever_dir: Path, data_dir) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    record = retriever_dir / DEFAULT_MODEL_FILE
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8")).get("data")
+        if data and Path(data).is_dir():
+            return Path(data)
+    from .errors import InputError
+
+    raise InputError("no demo data known for this retriever: pass data_dir (an M-BEIR root with train, "
+                     "val and test splits)", file=str(retriever_dir))
+
+
+def _start_model(retriever_dir: Path, recipe: dict) -> Path:
+    start = recipe.get("start", "retriever")
+    if start == "retriever":
+        return retriever_dir
+    if start == "base":
+        # The default model keeps its untrained starting point in its work folder.
+        base = retriever_dir.parent / f".{retriever_dir.name}.work" / "base"
+        if (base / "config.json").is_file():
+            return base
+        from .errors import InputError
+
+        raise InputError("recipe start 'base': the retriever's untrained base model is not beside it", file=str(base))
+    return Path(start)
+
+
+def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.PathLike | None,
+                        out_dir: str | os.PathLike, *, recipe: dict = RERANK_RECIPE,
+                        announce: Callable[[str], None] = print, show_progress: bool = True,
+                        work_dir: str | os.PathLike | None = None) -> Path:
+    """Mine, train, choose alpha on val, measure on test; the finished folder appears at ``out_dir``.
+
+    Stages finished by an earlier, interrupted run are kept in the work folder (default: beside
+    ``out_dir``, ``.NAME.work``): the mined file, the trained reranker, the evaluations' caches.
+    """
+    from .modeling.retriever import Retriever
+    from .training.args import RerankerTrainingArgs, load_args
+    from .training.mining import mine
+    from .training.trainer import train_reranker
+
+    retriever_dir, out = Path(retriever_dir), Path(out_dir)
+    data = _data_of(retriever_dir, data_dir)
+    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint_of_retriever = retriever_fingerprint(retriever_dir)
+    fingerprint = recipe_fingerprint(recipe, fingerprint_of_retriever)
+    _check_work(work, fingerprint)
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    mined = work / "mined.jsonl"
+    retriever = None
+    if not mined.is_file():
+        announce(f"mining: the top {recipe['mine']['k']} of every training query, with the retriever")
+        retriever = Retriever.from_pretrained(retriever_dir, device="cpu")
+        mine(retriever, data, mined, k=recipe["mine"]["k"], show_progress=show_progress)
+    seconds["mine"] = round(time.perf_counter() - started, 1)
+
+    adapter = work / "train" / "adapter"
+    if not (adapter / "config.json").is_file():
+        train = recipe["train"]
+        announce(f"training the reranker: {train['max_steps']} steps of {train['global_batch_size']} queries "
+                 f"from the {recipe.get('start', 'retriever')}'s weights")
+        settings = json.loads((retriever_dir / "lamra_settings.json").read_text()) \
+            if (retriever_dir / "lamra_settings.json").is_file() else {}
+        settings = {k: settings[k] for k in ("max_pixels", "min_pixels") if k in settings}
+        args = load_args(None, args_class=RerankerTrainingArgs, model=str(_start_model(retriever_dir, recipe)),
+                         data=str(data), mined=str(mined), output_dir=str(work / "train"), full=True,
+                         settings=settings, device="cpu", show_progress=show_progress, save_steps=50,
+                         logging_steps=10, gradient_checkpointing=False, **train)
+        train_reranker(args, on_log=_log_to(announce))
+    seconds["train"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
+
+    announce(f"evaluation: alpha chosen on val, then Ret and Ret+Rank (top {recipe['eval']['top_k']}) on test")
+    retriever = retriever or Retriever.from_pretrained(retriever_dir, device="cpu")
+    evaluation = evaluate_demo_reranker(retriever, adapter, data, work / "eval", recipe=recipe,
+                                        show_progress=show_progress)
+    seconds["eval"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
+
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(adapter, partial)
+    record = {"recipe": recipe, "fingerprint": fingerprint, "retriever": str(retriever_dir),
+              "retriever_fingerprint": fingerprint_of_retriever, "data": str(data),
+              "seconds": seconds, **evaluation}
+    (partial / DEMO_RERANKER_FILE).write_text(json.dumps(record, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    announce(f"demo reranker ready: {out} ({time.perf_counter() - started:.0f} s)")
+    for task, row in evaluation["test"].items():
+        announce(f"  {task:20s} R@1 {row['Ret']['R@1']:5.1f} -> {row['Ret+Rank']['R@1']:5.1f}   "
+                 f"R@5 {row['Ret']['R@5']:5.1f} -> {row['Ret+Rank']['R@5']:5.1f}   (alpha {row['alpha']:g})")
+    return out
+
+
+def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: dict = RERANK_RECIPE,
+                           show_progress: bool = True) -> dict:
+    """Alpha chosen on the val split, then Ret and Ret+Rank on the test split (percent).
+
+    Returns ``{"alphas": {task: alpha}, "val": {task: {alpha: {"R@1", "R@5"}}}, "test": {task:
+    {"Ret": {...}, "Ret+Rank": {...}, "alpha": a}}}``. The test split is reranked once, with the
+    chosen alphas: nothing measured on it feeds a choice.
+    """
+    from .evaluation.mbeir import evaluate_mbeir
+    from .evaluation.rerank import rerank_mbeir
+    from .modeling.reranker import Reranker
+
+    spec = recipe["eval"]
+    top_k = spec["top_k"]
+    depth = max(top_k, 10)
+    reranker = Reranker.from_pretrained(reranker_dir, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+
+    val = out / "val"
+    if not (val / "results.json").is_file():
+        evaluate_mbeir(data, retriever, val, pool=spec["val_pool"], split="val", top_k=depth,
+                       show_progress=show_progress)
+    curves: dict[str, dict[str, dict]] = {}
+    for alpha in spec["alphas"]:  # the scores are cached: each alpha only fuses again
+        results = rerank_mbeir(val, reranker, top_k=top_k, alpha=float(alpha), show_progress=show_progress)
+        for row in results.reranked:
+            curves.setdefault(row.task, {})[str(alpha)] = _recalls(row)
+    alphas = choose_alphas(curves, spec.get("alpha", "per-task"))
+
+    test = out / "test"
+    if not (test / "results.json").is_file():
+        evaluate_mbeir(data, retriever, test, pool=spec["test_pool"], split="test", top_k=depth,
+                       show_progress=show_progress)
+    results = rerank_mbeir(test, reranker, top_k=top_k, alpha=alphas, show_progress=show_progress)
+    table = {ret.task: {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked), "alpha": alphas.get(ret.task, 1.0)}
+             for ret, ranked in zip(results.retrieval, results.reranked)}
+    return {"alphas": alphas, "val": curves, "test": table}
+
+
+def choose_alphas(curves: dict[str, dict[str, dict]], mode: str = "per-task") -> dict[str, float]:
+    """Per task (``"per-task"``) or one for all (``"global"``, the best mean): the alpha with the
+    best val Recall@1, then Recall@5; ties go to the larger alpha (closer to the retriever's
+    ranking, the safer side when val cannot tell)."""
+    def key(values: list[dict], alpha: str):
+        return (sum(v["R@1"] for v in values), sum(v["R@5"] for v in values), float(alpha))
+
+    if mode == "global":
+        grid = next(iter(curves.values())).keys() if curves else []
+        best = max(grid, key=lambda a: key([curves[t][a] for t in curves], a))
+        return {task: float(best) for task in curves}
+    if mode != "per-task":
+        raise ValueError(f"alpha must be 'per-task' or 'global', got {mode!r}")
+    return {task: float(max(by_alpha, key=lambda a: key([by_alpha[a]], a))) for task, by_alpha in curves.items()}
+
+
+def _recalls(row) -> dict:
+    return {"R@1": round(row.metrics.get("Recall@1", 0.0), 2), "R@5": round(row.metrics.get("Recall@5", 0.0), 2)}
+
+
+def _check_work(work: Path, fingerprint: str) -> None:
+    """A work folder belongs to one recipe and retriever: another's stages are never reused."""
+    marker = work / "fingerprint"
+    if marker.is_file() and marker.read_text().strip() != fingerprint:
+        for name in STAGES:
+            path = work / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    marker.write_text(fingerprint + "\n")
+
+
+def _log_to(announce: Callable[[str], None]) -> Callable[[dict], None]:
+    def log(record: dict) -> None:
+        if record["step"] == record["total_steps"] or record["step"] % 50 == 0:
+            announce(f"  step {record['step']}/{record['total_steps']}  loss {record['loss']:.3f} "
+                     f"(pointwise {record.get('pointwise_loss', 0):.3f}, listwise {record.get('listwise_loss', 0):.3f})")
+    return log

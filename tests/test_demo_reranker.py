@@ -1,0 +1,157 @@
+"""The demo reranker's plumbing: fingerprints, the cache folder, resuming finished stages.
+
+A tiny random model and a tiny text-only demo-like M-BEIR root (train, val and test splits),
+a few training steps: nothing here is about what the reranker learns (docs/training-rerank.md,
+"The demo reranker", has the measured recipe).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lamra import demo_reranker
+
+TINY_RECIPE = {
+    "version": 1,
+    "start": "retriever",
+    "mine": {"k": 3},
+    "train": {"global_batch_size": 2, "learning_rate": 1e-3, "max_steps": 2, "loss": "sum", "max_negatives": 2,
+              "train_vision": False, "warmup_ratio": 0.0, "seed": 0},
+    "eval": {"top_k": 3, "val_pool": "global-union", "test_pool": "local", "alpha": "per-task",
+             "alphas": [0.0, 0.5, 1.0]},
+}
+WORDS = ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "candle", "forest", "engine", "violin",
+         "desert", "mirror", "garden", "rocket", "button", "pepper", "harbor", "ladder", "silver"]
+
+
+def tiny_demo_root(root: Path) -> Path:
+    """A demo-like M-BEIR root: one declared text-to-text task, 12 train / 4 val / 4 test queries."""
+    root.mkdir(parents=True)
+    (root / "tasks.json").write_text(json.dumps({
+        "datasets": [{"name": "toy", "id": 40, "display": "Toy"}],
+        "tasks": [{"name": "toy_task1", "dataset": "toy", "task_id": 1, "recall_k": 5}]}))
+    (root / "instructions").mkdir()
+    (root / "instructions/query_instructions.tsv").write_text(
+        "query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\tprompt_2\tprompt_3\tprompt_4\n"
+        "text\ttext\tToy\t40\tRetrieve a sentence about the given word.\t\t\t\n")
+    number = iter(range(1, 1000))
+
+    def split(words: list[str]) -> tuple[list[dict], list[dict]]:
+        queries, pool = [], []
+        for word in words:
+            did, qid = f"40:{next(number)}", f"40:{next(number)}"
+            pool.append({"txt": f"a sentence about the {word}", "img_path": None, "modality": "text", "did": did,
+                         "src_content": None})
+            queries.append({"qid": qid, "query_txt": word, "query_img_path": None, "query_modality": "text",
+                            "query_src_content": None, "pos_cand_list": [did], "neg_cand_list": [], "task_id": 1})
+        return queries, pool
+
+    def write(path: str, records: list[dict]) -> None:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    train_queries, train_pool = split(WORDS[:12])
+    write("query/union_train/mbeir_union_up_train.jsonl", train_queries)
+    write("cand_pool/global/mbeir_union_train_cand_pool.jsonl", train_pool)
+    for name, words, pool_file in (("val", WORDS[12:16], "cand_pool/global/mbeir_union_val_cand_pool.jsonl"),
+                                   ("test", WORDS[16:20], "cand_pool/local/mbeir_toy_task1_cand_pool.jsonl")):
+        queries, pool = split(words)
+        write(f"query/{name}/mbeir_toy_task1_{name}.jsonl", queries)
+        write(pool_file, pool)
+        (root / f"qrels/{name}").mkdir(parents=True, exist_ok=True)
+        (root / f"qrels/{name}/mbeir_toy_task1_{name}_qrels.txt").write_text(
+            "".join(f"{q['qid']} 0 {q['pos_cand_list'][0]} 1 1\n" for q in queries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_setup(tmp_path_factory, tiny_checkpoint):
+    folder = tmp_path_factory.mktemp("demo-rerank")
+    retriever = folder / "retriever"
+    shutil.copytree(tiny_checkpoint, retriever)
+    return retriever, tiny_demo_root(folder / "data")
+
+
+def test_fingerprint_changes_with_the_recipe_and_the_retrievers_weights(tmp_path, tiny_checkpoint):
+    retriever = tmp_path / "retriever"
+    shutil.copytree(tiny_checkpoint, retriever)
+    before = demo_reranker.retriever_fingerprint(retriever)
+    assert demo_reranker.retriever_fingerprint(retriever) == before  # stable
+    weights = next(retriever.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size, other weights: a differently trained retriever
+    weights.write_bytes(bytes(data))
+    after = demo_reranker.retriever_fingerprint(retriever)
+    assert after != before
+
+    base = demo_reranker.recipe_fingerprint(TINY_RECIPE, before)
+    changed = copy.deepcopy(TINY_RECIPE)
+    changed["train"]["learning_rate"] = 2e-3
+    assert demo_reranker.recipe_fingerprint(changed, before) != base
+    assert demo_reranker.recipe_fingerprint(TINY_RECIPE, after) != base
+    assert demo_reranker.recipe_fingerprint(copy.deepcopy(TINY_RECIPE), before) == base
+    assert demo_reranker.recipe_fingerprint() != demo_reranker.recipe_fingerprint(TINY_RECIPE)
+
+
+def test_choose_alphas_uses_val_recall_and_prefers_the_retriever_on_ties():
+    curves = {"a": {"0.0": {"R@1": 10, "R@5": 50}, "0.5": {"R@1": 20, "R@5": 40}, "1.0": {"R@1": 20, "R@5": 40}},
+              "b": {"0.0": {"R@1": 30, "R@5": 50}, "0.5": {"R@1": 10, "R@5": 50}, "1.0": {"R@1": 10, "R@5": 60}}}
+    assert demo_reranker.choose_alphas(curves) == {"a": 1.0, "b": 0.0}
+    assert demo_reranker.choose_alphas(curves, "global") == {"a": 0.0, "b": 0.0}  # R@1 sums: 40, 30, 30
+
+
+def test_trains_once_then_reuses_the_cache_and_resumes_finished_stages(demo_setup, tmp_path, monkeypatch):
+    import lamra.training.mining as mining
+    import lamra.training.trainer as trainer
+
+    retriever, data = demo_setup
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+    assert demo_reranker.cached_demo_reranker(retriever, TINY_RECIPE) is None
+    messages: list[str] = []
+    folder = demo_reranker.ensure_demo_reranker(retriever, data, recipe=TINY_RECIPE, announce=messages.append,
+                                                show_progress=False)
+    assert folder == demo_reranker.demo_reranker_dir(retriever, TINY_RECIPE)
+    assert folder.name.startswith("lamra-demo-rerank-") and folder.parent == tmp_path / "home" / "models"
+    record = demo_reranker.read_demo_record(folder)
+    assert record["fingerprint"] == demo_reranker.recipe_fingerprint(
+        TINY_RECIPE, demo_reranker.retriever_fingerprint(retriever))
+    assert record["recipe"] == TINY_RECIPE
+    row = record["test"]["toy_task1"]
+    assert set(row) == {"Ret", "Ret+Rank", "alpha"} and set(row["Ret"]) == {"R@1", "R@5"}
+    assert row["alpha"] == record["alphas"]["toy_task1"] in TINY_RECIPE["eval"]["alphas"]
+    assert set(record["val"]["toy_task1"]) == {"0.0", "0.5", "1.0"}  # the choice saw val only
+    assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(".*.partial"))
+    from lamra import Reranker
+
+    assert Reranker.from_pretrained(folder, device="cpu").score("apple", ["a sentence about the apple"]).shape == (1,)
+
+    # Cached: nothing is trained, mined or evaluated again.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(demo_reranker, "train_demo_reranker", refuse)
+    assert demo_reranker.ensure_demo_reranker(retriever, data, recipe=TINY_RECIPE, announce=messages.append) == folder
+    monkeypatch.undo()
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+
+    # Interrupted after training (the folder never appeared): mining and training are not redone.
+    shutil.rmtree(folder)
+    monkeypatch.setattr(mining, "mine", refuse)
+    monkeypatch.setattr(trainer, "train_reranker", refuse)
+    again = demo_reranker.ensure_demo_reranker(retriever, data, recipe=TINY_RECIPE, announce=messages.append,
+                                               show_progress=False)
+    assert again == folder and demo_reranker.read_demo_record(folder)["test"] == record["test"]
+
+    # Another recipe: another folder; its work folder does not reuse the old stages.
+    other = copy.deepcopy(TINY_RECIPE)
+    other["train"]["max_steps"] = 3
+    assert demo_reranker.demo_reranker_dir(retriever, other) != folder
+    assert demo_reranker.cached_demo_reranker(retriever, other) is None
+    with pytest.raises(AssertionError, match="finished stage ran again"):
+        demo_reranker.ensure_demo_reranker(retriever, data, recipe=other, announce=messages.append,
+                                           show_progress=False, work_dir=folder.parent / f".{folder.name}.work")

@@ -1,0 +1,32 @@
+"""make demo's rankings: with the demo reranker they are the pipeline's reranked, fused order."""
+
+from __future__ import annotations
+
+
+def test_demo_rankings_are_the_pipelines_when_a_reranker_is_given(tmp_path, tiny_checkpoint, image_files):
+    from rich.console import Console
+
+    from lamra import Item, Reranker, Retriever
+    from lamra.demo import _show
+    from lamra.index import Index
+    from lamra.pipeline import search
+
+    retriever = Retriever.from_pretrained(tiny_checkpoint, device="cpu")
+    reranker = Reranker.from_pretrained(tiny_checkpoint, device="cpu")
+    records = [{"id": f"img{n}", "image": str(path), "label": f"label {n}"} for n, path in enumerate(image_files)]
+    index = Index.build(records, retriever, tmp_path / "index", show_progress=False)
+    instruction = "Find me an everyday image that matches the given caption."
+
+    def shown(rerank) -> list[str]:
+        console = Console(record=True, width=240)
+        _show(console, index, retriever, "a red circle", None, instruction, 3, rerank, "demo_task")
+        text = console.export_text()
+        return [line.split("│")[2].strip() for line in text.splitlines() if line.startswith("│ ")]
+
+    alpha = 0.0  # the reranker alone: its order differs from retrieval's for this random model
+    expected = search(retriever, index, reranker, [Item(text="a red circle", id="query")], top_k=4, k=3,
+                      alpha=alpha, instruction=instruction)[0]
+    assert shown((reranker, {"demo_task": alpha}, 4)) == [hit.id for hit in expected]
+    scores, ids = index.search(retriever.encode([Item(text="a red circle")], instruction, show_progress=False), k=3)
+    assert shown(None) == list(ids[0])
+    assert [hit.id for hit in expected] != list(ids[0])  # so the first check saw reranking happen
