@@ -191,3 +191,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(mbeir, mined_everythi
     assert "resuming" in resumed.stderr
     assert out.read_text() == mined_everything[0].read_text()
     assert not out.with_name("mined.jsonl.work").exists()
+
+
+def test_tasks_a_data_set_declares_keep_their_names():
+    from lamra.training.mining import task_name
+
+    assert task_name(9, 0) == "mscoco_task0"
+    assert task_name(20, 3, {20: "clipart"}) == "clipart_task3"
+    assert task_name(20, 3) == "dataset20_task3"

@@ -42,8 +42,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import distributed
-from ..data.mbeir import (DATASET_BY_ID, TASK_MODALITIES, MBEIRCandidate, MBEIRLayout, MBEIRQuery, iter_candidates,
-                          read_queries)
+from ..data.mbeir import (DATASET_BY_ID, TASK_MODALITIES, MBEIRCandidate, MBEIRLayout, MBEIRQuery, declared_tasks,
+                          iter_candidates, read_queries)
 from ..data.mbeir_instructions import load_instructions
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
@@ -128,8 +128,10 @@ def read_mined(path: str | os.PathLike) -> dict[str, MinedQuery]:
 
 # -- which queries and pools -------------------------------------------------------------------
 
-def task_name(dataset_id: int, task_id: int) -> str:
-    dataset = DATASET_BY_ID.get(int(dataset_id), f"dataset{dataset_id}")
+def task_name(dataset_id: int, task_id: int, declared: dict[int, str] | None = None) -> str:
+    """M-BEIR's name of a task (``mscoco_task0``); ``declared`` maps the dataset ids a
+    ``tasks.json`` declares to their names (the demo data's ``clipart``, ...)."""
+    dataset = (declared or {}).get(int(dataset_id)) or DATASET_BY_ID.get(int(dataset_id), f"dataset{dataset_id}")
     return f"{dataset}_task{task_id}"
 
 
@@ -212,6 +214,7 @@ def plan_mining(root: str | os.PathLike, *, queries: Sequence[str | os.PathLike]
         seen[candidate.did] = candidate.line
         everything.append(candidate)
     position = {c.did: n for n, c in enumerate(everything)}
+    declared = {task.declared[0]: task.dataset for task in declared_tasks(root) if task.declared}
     tasks: dict[str, list[int]] = {}
     for row, (query, path) in enumerate(zip(query_list, sources)):
         if query.task_id not in TASK_MODALITIES:
@@ -221,7 +224,7 @@ def plan_mining(root: str | os.PathLike, *, queries: Sequence[str | os.PathLike]
             if did not in position:
                 raise InputError(f"positive {did!r} is not in {pool_file}", file=str(path), line=query.line,
                                  item=query.qid, field="pos_cand_list")
-        tasks.setdefault(task_name(query.dataset_id, query.task_id), []).append(row)
+        tasks.setdefault(task_name(query.dataset_id, query.task_id, declared), []).append(row)
     modality_of = {c.did: c.modality for c in everything}
     chosen = _instructions(query_list, sources, root, instructions, seed, modality_of)
 
