@@ -79,7 +79,7 @@ def unit_rows(matrix):
 
 def smollm2_embeddings(tokenizer, vocab_size: int, width: int, *, scale: float = 0.02):
     """A [vocab_size, width] float32 tensor for ``tokenizer``'s ids: SmolLM2's vectors, transplanted
-    and reduced to ``width`` by PCA, rescaled so each coordinate has standard deviation ``scale``
+    and reduced to ``width`` by PCA, rescaled so the table's standard deviation is ``scale``
     (the usual initialiser's). Ids the tokenizer does not name (the padding rows of the table,
     ``<emb>`` when it is added later) get small random vectors."""
     import numpy as np
