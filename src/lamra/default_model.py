@@ -73,7 +73,7 @@ def ensure_default_model(*, recipe: dict = RECIPE, announce: Callable[[str], Non
         return cached
     folder = default_model_dir(recipe)
     announce(f"no default model in {folder.parent} yet: training it now with lamra's recipe "
-             "(about 10 minutes on 2 CPU cores, once)")
+             "(5 to 10 minutes on 2 CPU cores, once)")
     return train_default_model(folder, recipe=recipe, announce=announce, show_progress=show_progress,
                                work_dir=work_dir)
 
