@@ -10,9 +10,8 @@ never seen in training), runs text and image queries and prints the rankings, an
 R@1 / R@5 of every task beside an untrained model and chance. When the demo reranker (a small
 LamRA-Rank trained on the same data, ``--train-reranker`` or ``make demo-rerank`` trains it once)
 is in the cache, the rankings are reranked and fused, and its Ret vs Ret+Rank table is printed.
-``--untrained`` (or a machine
-without the Debian packages) shows the pipeline on the bundled sample collection with a tiny
-random model instead, and says so.
+``--untrained`` (or a machine without the Debian packages) shows the pipeline on the bundled
+sample collection with a tiny random model instead, and says so.
 """
 
 from __future__ import annotations
