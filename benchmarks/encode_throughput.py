@@ -36,33 +36,6 @@ WORDS = ("the a red green blue small large dog cat car house tree river city str
 DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
 
 
-def build_backbone(arch: str, device: str, dtype: str):
-    import torch
-    from transformers import Qwen2VLForConditionalGeneration
-
-    from lamra.backbone import Backbone, resolve_attention, resolve_dtype
-    from lamra.processor import LamraProcessor
-    from lamra.tiny import arch_config, image_processor, qwen2_tokenizer, small_tokenizer, tiny_config
-
-    try:
-        tokenizer = qwen2_tokenizer()
-    except ImportError:
-        tokenizer = small_tokenizer()
-    tokenizer.add_tokens(["<emb>"])
-    torch_dtype = resolve_dtype(dtype, device)
-    if arch in ("2b", "7b"):
-        config = arch_config(arch, vocab_size=max(len(tokenizer), 151936))
-    else:
-        sizes = {"tiny": dict(hidden_size=32, layers=2, vision_depth=2),
-                 "small": dict(hidden_size=256, layers=4, vision_depth=2)}[arch]
-        config = tiny_config(len(tokenizer), tokenizer=tokenizer, **sizes)
-    config._attn_implementation = resolve_attention(None, device, torch_dtype)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration(config).to(torch_dtype).eval()
-    return Backbone(model=model, processor=LamraProcessor(tokenizer, image_processor()), model_id=f"random-{arch}")
-
-
 class PlainLoop:
     """The baseline: full LamRA prompts (with ``<emb>.`` and the trailing assistant turn), fixed
     batches in input order, the hidden state before ``<emb>`` pooled (spec 2), as a plain loop."""
@@ -185,9 +158,10 @@ def main(argv=None) -> dict:
     device = args.device or default_device()
     torch.set_num_threads(torch.get_num_threads())
     from lamra import Retriever
+    from lamra.tiny import random_backbone
 
     # One model; the two methods differ only in how they batch and cut the prompt.
-    backbone = build_backbone(args.arch, device, args.dtype)
+    backbone = random_backbone(args.arch, device, args.dtype)
     ours, baseline = Retriever(backbone), PlainLoop(backbone)
     if args.tolerance is None:
         args.tolerance = DEFAULT_TOLERANCE.get(str(backbone.dtype).removeprefix("torch."), 2e-2)

@@ -39,32 +39,11 @@ INSTRUCTION = "Find a caption for the news in the given photo."
 
 
 def build_reranker(arch: str, device: str, dtype: str | None, penalty: float):
-    import torch
-    from transformers import Qwen2VLForConditionalGeneration
-
-    from lamra.backbone import Backbone, resolve_attention, resolve_dtype
     from lamra.modeling.reranker import Reranker
-    from lamra.processor import LamraProcessor
-    from lamra.tiny import arch_config, image_processor, qwen2_tokenizer, small_tokenizer, tiny_config
+    from lamra.tiny import random_backbone
 
-    try:
-        tokenizer = qwen2_tokenizer()
-    except ImportError:
-        tokenizer = small_tokenizer()
-    tokenizer.add_tokens(["<emb>"])
-    torch_dtype = resolve_dtype(dtype, device)
-    if arch in ("2b", "7b"):
-        config = arch_config(arch, vocab_size=max(len(tokenizer), 151936))
-    else:
-        sizes = {"tiny": dict(hidden_size=32, layers=2, vision_depth=2),
-                 "small": dict(hidden_size=256, layers=4, vision_depth=2)}[arch]
-        config = tiny_config(len(tokenizer), tokenizer=tokenizer, **sizes)
-    config._attn_implementation = resolve_attention(None, device, torch_dtype)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration(config).to(torch_dtype).eval()
-    model.generation_config.repetition_penalty = penalty  # as Qwen2-VL-Instruct ships it
-    backbone = Backbone(model=model, processor=LamraProcessor(tokenizer, image_processor()), model_id=f"random-{arch}")
+    backbone = random_backbone(arch, device, dtype)
+    backbone.model.generation_config.repetition_penalty = penalty  # as Qwen2-VL-Instruct ships it
     return Reranker(backbone)
 
 

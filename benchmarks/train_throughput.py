@@ -43,38 +43,11 @@ WORDS = ("the a red green blue small large dog cat car house tree river city str
          "children school garden flower shirt dress jacket shoe leather cotton pattern striped").split()
 DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
 DEFAULT_GRAD_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
-SIZES = {"tiny": dict(hidden_size=32, layers=2, vision_depth=2),
-         "small": dict(hidden_size=256, layers=4, vision_depth=2)}
 GPU_BYTES = 80e9          # "an 80 GB GPU" (an H100 / A100 80GB)
 RESERVED_FRACTION = 0.10  # kept free for the CUDA context, allocator fragmentation and cuBLAS workspaces
 
 
 # -- the model and the batch -------------------------------------------------------------------
-
-
-def build_backbone(arch: str, device: str, dtype: str | None, *, meta: bool = False):
-    import torch
-    from transformers import Qwen2VLForConditionalGeneration
-
-    from lamra.backbone import Backbone, resolve_attention, resolve_dtype
-    from lamra.processor import LamraProcessor
-    from lamra.tiny import arch_config, image_processor, qwen2_tokenizer, small_tokenizer, tiny_config
-
-    try:
-        tokenizer = qwen2_tokenizer()
-    except ImportError:
-        tokenizer = small_tokenizer()
-    tokenizer.add_tokens(["<emb>"])
-    torch_dtype = resolve_dtype(dtype, device)
-    if arch in ("2b", "7b"):
-        config = arch_config(arch, vocab_size=max(len(tokenizer), 151936))
-    else:
-        config = tiny_config(len(tokenizer), tokenizer=tokenizer, **SIZES[arch])
-    config._attn_implementation = resolve_attention(None, device, torch_dtype)
-    torch.manual_seed(0)
-    with torch.device("meta" if meta else device):
-        model = Qwen2VLForConditionalGeneration(config).to(torch_dtype)
-    return Backbone(model=model, processor=LamraProcessor(tokenizer, image_processor()), model_id=f"random-{arch}")
 
 
 def examples(count: int, words: int, seed: int = 0) -> list:
@@ -168,10 +141,11 @@ class Trainee:
         from accelerate import Accelerator
 
         from lamra.modeling.retriever import Retriever
+        from lamra.tiny import random_backbone
         from lamra.training.steps import EmbeddingModel
 
         self.spec, self.cuda = spec, spec["device"].startswith("cuda")
-        self.backbone = build_backbone(spec["arch"], spec["device"], spec["dtype"])
+        self.backbone = random_backbone(spec["arch"], spec["device"], spec["dtype"])
         torch.manual_seed(1)
         self.backbone.add_lora(r=64, alpha=128, dropout=0.05)
         self.backbone.train()
@@ -280,8 +254,9 @@ def saved_bytes_per_row_meta(arch: str, tokens: int, *, checkpointing: bool, row
     from peft import LoraConfig, get_peft_model
 
     from lamra.backbone import language_model_linear_names
+    from lamra.tiny import random_backbone
 
-    backbone = build_backbone(arch, "cpu", "bf16", meta=True)  # "cpu": sdpa, whatever is installed
+    backbone = random_backbone(arch, "cpu", "bf16", meta=True)  # "cpu": sdpa, whatever is installed
     network = backbone.model
     for parameter in network.parameters():
         parameter.requires_grad_(False)

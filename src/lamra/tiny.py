@@ -191,6 +191,38 @@ def arch_config(name: str, vocab_size: int | None = None):
                          **_token_ids(None))
 
 
+# Random-weight sizes the benchmarks compare speed on (besides the real "2b" / "7b" architectures).
+BENCHMARK_SIZES = {"tiny": dict(hidden_size=32, layers=2, vision_depth=2),
+                   "small": dict(hidden_size=256, layers=4, vision_depth=2)}
+
+
+def random_backbone(arch: str, device: str, dtype: str | None = None, *, meta: bool = False):
+    """A Backbone with random weights: ``arch`` "tiny" / "small" (BENCHMARK_SIZES) or the real
+    "2b" / "7b" architecture, the real Qwen2 BPE when installed, on ``device`` (or the meta
+    device: shapes only), in eval mode. For speed and memory benchmarks, not for tests of values."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from .backbone import Backbone, resolve_attention, resolve_dtype
+    from .processor import LamraProcessor
+
+    try:
+        tokenizer = qwen2_tokenizer()
+    except ImportError:
+        tokenizer = small_tokenizer()
+    tokenizer.add_tokens(["<emb>"])
+    torch_dtype = resolve_dtype(dtype, device)
+    if arch in ("2b", "7b"):
+        config = arch_config(arch, vocab_size=max(len(tokenizer), 151936))
+    else:
+        config = tiny_config(len(tokenizer), tokenizer=tokenizer, **BENCHMARK_SIZES[arch])
+    config._attn_implementation = resolve_attention(None, device, torch_dtype)
+    torch.manual_seed(0)
+    with torch.device("meta" if meta else device):
+        model = Qwen2VLForConditionalGeneration(config).to(torch_dtype).eval()
+    return Backbone(model=model, processor=LamraProcessor(tokenizer, image_processor()), model_id=f"random-{arch}")
+
+
 def _token_ids(tokenizer) -> dict:
     if tokenizer is None:
         ids = QWEN2VL_SPECIAL_TOKENS
