@@ -65,14 +65,12 @@ class MBEIRTrainDataset:
                  pool: str | os.PathLike | None = None, seed: int = 0, use_hard_negatives: bool = False):
         self.root = Path(root)
         layout = MBEIRLayout(root)
-        self.query_files = [Path(queries)] if queries else _default_query_files(self.root)
+        self.query_files = [Path(queries)] if queries else default_query_files(self.root)
         self.pool_file = Path(pool) if pool else layout.global_pool("train")
         self.instructions = load_instructions(root)
         self.seed = seed
         self.use_hard_negatives = use_hard_negatives
-        sources = [(q, path) for path in self.query_files for q in read_queries(path)]
-        self.queries = [q for q, _ in sources]
-        self._query_files = [path for _, path in sources]
+        self.queries, self._query_files = read_query_files(self.query_files)
         needed = {did for q in self.queries for did in q.positives + (q.negatives if use_hard_negatives else [])}
         self.candidates = {c.did: c for c in iter_candidates(self.pool_file) if c.did in needed}
         self._check()
@@ -101,12 +99,21 @@ class MBEIRTrainDataset:
         negative = None
         if self.use_hard_negatives:
             negative = self.candidates[rng.choice([d for d in query.negatives if d in self.candidates])]
-        return Example(self._item(query.qid, query.text, query.image), self._item(positive.did, positive.text,
-                       positive.image), instruction,
-                       None if negative is None else self._item(negative.did, negative.text, negative.image))
+        return Example(mbeir_item(self.root, query.qid, query.text, query.image),
+                       mbeir_item(self.root, positive.did, positive.text, positive.image), instruction,
+                       None if negative is None else mbeir_item(self.root, negative.did, negative.text, negative.image))
 
-    def _item(self, item_id: str, text: str | None, image: str | None) -> Item:
-        return Item(text=text or None, images=[self.root / image] if image else [], id=item_id)
+
+def mbeir_item(root: Path, item_id: str, text: str | None, image: str | None) -> Item:
+    """A query or candidate as training reads it: the fields present decide, as in the released
+    data code (a missing text reads as ""), images relative to the M-BEIR root."""
+    return Item(text=text or None, images=[root / image] if image else [], id=item_id)
+
+
+def read_query_files(files: list[Path]) -> tuple[list, list[Path]]:
+    """Every query of ``files`` in order, and the file each one came from."""
+    sources = [(query, path) for path in files for query in read_queries(path)]
+    return [query for query, _ in sources], [path for _, path in sources]
 
 
 def query_problems(query, path: Path, candidates: dict, pool_file: Path, root: Path) -> list[InputError]:
@@ -158,7 +165,8 @@ def random_instruction(instructions: Instructions, dataset_id: int, query_modali
     return rng.choice(prompts)
 
 
-def _default_query_files(root: Path) -> list[Path]:
+def default_query_files(root: Path) -> list[Path]:
+    """M-BEIR's union training queries, else every file under query/train."""
     union = root / "query" / "union_train" / "mbeir_union_up_train.jsonl"
     if union.is_file():
         return [union]

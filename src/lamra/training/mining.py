@@ -43,10 +43,11 @@ import numpy as np
 
 from .. import distributed
 from ..data.mbeir import (DATASET_BY_ID, TASK_MODALITIES, MBEIRCandidate, MBEIRLayout, MBEIRQuery, declared_tasks,
-                          iter_candidates, read_queries)
+                          iter_candidates)
 from ..data.mbeir_instructions import load_instructions
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
+from .data import default_query_files, read_query_files
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +136,6 @@ def task_name(dataset_id: int, task_id: int, declared: dict[int, str] | None = N
     return f"{dataset}_task{task_id}"
 
 
-def default_query_files(root: Path) -> list[Path]:
-    from .data import _default_query_files
-
-    return _default_query_files(root)
-
-
 @dataclass
 class _Plan:
     """Queries, their instructions and tasks, the pool, and each task's rows of the pool."""
@@ -155,15 +150,13 @@ class _Plan:
 
 
 def _read_queries(files: list[Path]) -> tuple[list[MBEIRQuery], list[Path]]:
-    queries, sources, seen = [], [], {}
-    for path in files:
-        for query in read_queries(path):
-            if query.qid in seen:
-                raise InputError(f"qid also in {seen[query.qid]}", file=str(path), line=query.line, item=query.qid,
-                                 field="qid")
-            seen[query.qid] = path
-            queries.append(query)
-            sources.append(path)
+    queries, sources = read_query_files(files)
+    seen: dict[str, Path] = {}
+    for query, path in zip(queries, sources):
+        if query.qid in seen:
+            raise InputError(f"qid also in {seen[query.qid]}", file=str(path), line=query.line, item=query.qid,
+                             field="qid")
+        seen[query.qid] = path
     if not queries:
         raise InputError("no training queries", file=", ".join(map(str, files)))
     return queries, sources

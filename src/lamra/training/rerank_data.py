@@ -23,11 +23,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.mbeir import MBEIRLayout, iter_candidates, read_queries
+from ..data.mbeir import MBEIRLayout, iter_candidates
 from ..data.mbeir_instructions import load_instructions
 from ..errors import InputError
 from ..items import Item
-from .data import _default_query_files, candidate_problems, query_problems, raise_problems, random_instruction
+from .data import (candidate_problems, default_query_files, mbeir_item, query_problems, raise_problems,
+                   random_instruction, read_query_files)
 from .mining import read_mined
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,12 @@ class RerankTrainDataset:
             raise InputError(f"instructions must be 'random' or 'first', got {instructions!r}", field="instructions")
         self.root = Path(root)
         self.mined_file = Path(mined)
-        self.query_files = [Path(queries)] if queries else _default_query_files(self.root)
+        self.query_files = [Path(queries)] if queries else default_query_files(self.root)
         self.pool_file = Path(pool) if pool else MBEIRLayout(root).global_pool("train")
         self.instructions = load_instructions(root)
         self.instruction_choice = instructions
         self.seed, self.max_negatives = seed, max_negatives
-        sources = [(q, path) for path in self.query_files for q in read_queries(path)]
-        self.queries = [q for q, _ in sources]
-        self._query_files = [path for _, path in sources]
+        self.queries, self._query_files = read_query_files(self.query_files)
         mined = read_mined(self.mined_file)
         self._mined_lines = {qid: entry.line for qid, entry in mined.items()}
         # Negatives: the mined ranking minus the positives of the query file (the authority).
@@ -121,13 +120,9 @@ class RerankTrainDataset:
         listed = [self.candidates[did] for did in rng.sample(negatives, count)]
         answer = rng.randint(1, count + 1)
         listed.insert(answer - 1, positive)
-        return RerankExample(self._item(query.qid, query.text, query.image), instruction,
+        return RerankExample(mbeir_item(self.root, query.qid, query.text, query.image), instruction,
                              self._candidate(positive), self._candidate(negative),
                              tuple(self._candidate(c) for c in listed), answer)
 
     def _candidate(self, candidate) -> Item:
-        return self._item(candidate.did, candidate.text, candidate.image)
-
-    def _item(self, item_id: str, text: str | None, image: str | None) -> Item:
-        # The fields present decide, as in the released rerank data (a missing text reads as "").
-        return Item(text=text or None, images=[self.root / image] if image else [], id=item_id)
+        return mbeir_item(self.root, candidate.did, candidate.text, candidate.image)
