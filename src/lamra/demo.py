@@ -113,9 +113,10 @@ def _demo_reranker(console, model: Path, train: bool):
     from .demo_reranker import cached_demo_reranker, demo_alphas, ensure_demo_reranker, read_demo_record
     from .modeling.reranker import Reranker
 
-    folder = cached_demo_reranker(model)
-    if folder is None and train:
+    if train:
         folder = ensure_demo_reranker(model, announce=lambda message: console.print(f"[dim]{message}[/]"))
+    else:
+        folder = cached_demo_reranker(model)
     if folder is None:
         console.print("No demo reranker yet: [bold]make demo-rerank[/] trains one on the same data (a few "
                       "minutes, once); make demo then reranks with it (docs/training-rerank.md).")

@@ -123,10 +123,9 @@ def ensure_demo_reranker(retriever_dir: str | os.PathLike | None = None, data_di
         from .default_model import ensure_default_model
 
         retriever_dir = ensure_default_model(announce=announce, show_progress=show_progress)
-    cached = cached_demo_reranker(retriever_dir, recipe)
-    if cached is not None:
-        return cached
-    folder = demo_reranker_dir(retriever_dir, recipe)
+    folder = demo_reranker_dir(retriever_dir, recipe)  # hashes the retriever's weights: once
+    if (folder / DEMO_RERANKER_FILE).is_file():
+        return folder
     announce(f"no demo reranker in {folder.parent} yet: training it now (a few minutes on 2 CPU cores, once)")
     return train_demo_reranker(retriever_dir, data_dir, folder, recipe=recipe, announce=announce,
                                show_progress=show_progress, work_dir=work_dir)
