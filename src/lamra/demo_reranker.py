@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from .default_model import DEFAULT_MODEL_FILE, cache_root
+from .evaluation.cache import file_sha256
 from .prompts import PROMPT_FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,8 @@ def retriever_fingerprint(retriever_dir: str | os.PathLike) -> str:
         from .errors import InputError
 
         raise InputError("not a full model folder (no .safetensors weights)", file=str(folder))
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+    for path in files:  # file_sha256 memoises, so a second lookup in one process reads nothing
+        digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
     return digest.hexdigest()[:12]
 
 
