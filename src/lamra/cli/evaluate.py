@@ -11,7 +11,7 @@ import typer
 from ..errors import InputError
 from .models import resolve_model
 from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
-                      RERANK_SCORES, model_settings)
+                      RERANK_SCORES, model_settings, rerank_options_without_rerank)
 
 eval_app = typer.Typer(help="Evaluate a retriever: M-BEIR (local / global pools) or a zero-shot folder.",
                        no_args_is_help=True)
@@ -185,11 +185,10 @@ def mbeir(
 def _rerank_options(rerank, *, rerank_lora, alpha, listwise, rerank_scores, rerank_top_k, top_k) -> bool:
     """Whether this run reranks; reranking options without --rerank, or a depth past --top-k, are usage errors."""
     if rerank is None:
-        given = [name for name, value in (("--rerank-lora", rerank_lora), ("--alpha", alpha),
-                                          ("--listwise", listwise or None), ("--rerank-scores", rerank_scores))
-                 if value is not None]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} only work(s) with --rerank", param_hint="--rerank")
+        unused = rerank_options_without_rerank(rerank_lora=rerank_lora, alpha=alpha, listwise=listwise,
+                                               rerank_scores=rerank_scores)
+        if unused:
+            raise typer.BadParameter(unused, param_hint="--rerank")
         return False
     if rerank_top_k > top_k:
         raise typer.BadParameter(f"{rerank_top_k} is more than the {top_k} candidates retrieved per query "

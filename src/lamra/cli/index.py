@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
-                      RERANK_SCORES, model_settings)
+                      RERANK_SCORES, model_settings, rerank_options_without_rerank)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
 
@@ -220,12 +220,10 @@ def search(
 
     if text is None and image is None:
         _usage_error("give --text and/or --image")
-    if rerank is None:
-        given = [name for name, value in (("--rerank-lora", rerank_lora), ("--alpha", alpha),
-                                          ("--listwise", listwise or None), ("--rerank-scores", rerank_scores))
-                 if value is not None]
-        if given:
-            _usage_error(f"{', '.join(given)} only work(s) with --rerank")
+    unused = None if rerank is not None else rerank_options_without_rerank(
+        rerank_lora=rerank_lora, alpha=alpha, listwise=listwise, rerank_scores=rerank_scores)
+    if unused:
+        _usage_error(unused)
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
     if rerank is not None:

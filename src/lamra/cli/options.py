@@ -50,6 +50,14 @@ RERANK_SCORES = typer.Option(None, "--rerank-scores", help=f"Reranker scores: {'
                                                            "released evaluation; raw: the logits as they are).")
 
 
+def rerank_options_without_rerank(*, rerank_lora, alpha, listwise: bool, rerank_scores) -> str | None:
+    """The message for reranking options given without --rerank (None when there are none)."""
+    given = [name for name, value in (("--rerank-lora", rerank_lora), ("--alpha", alpha),
+                                      ("--listwise", listwise or None), ("--rerank-scores", rerank_scores))
+             if value is not None]
+    return f"{', '.join(given)} only work(s) with --rerank" if given else None
+
+
 def model_settings(model=None, **values) -> ModelSettings:
     """The model's settings (its folder's ``lamra_settings.json``, else the defaults) with the
     options that were given on top (None values keep them).
