@@ -61,6 +61,38 @@ def image_files(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def sample_items(image_files):
+    """Seven items of every kind (text + image, image only, text only) over ``image_files``."""
+    from lamra.items import Item
+
+    red, green, blue, yellow = image_files
+    return [
+        Item(text="A red circle on a white background.", images=[red], id="red-circle"),
+        Item(images=[green], id="green-circle"),  # image only
+        Item(text="A tall blue ellipse.", images=[blue], id="blue-ellipse"),
+        Item(images=[yellow], id="yellow-disc"),  # image only
+        Item(text="A dog runs on the grass.", id="txt-dog"),
+        Item(text="A red car parks near the house.", id="txt-car"),
+        Item(text="Two people walk along the beach at sunset.", id="txt-beach"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def sharp_reranker_folder(small_tokenizer, tmp_path_factory):
+    """A tiny reranker folder with large weights: P(Yes) differs between candidates by more than rounding."""
+    from rerank_models import save_sharp_checkpoint
+
+    return save_sharp_checkpoint(tmp_path_factory.mktemp("sharp-reranker"), small_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def sharp_reranker(sharp_reranker_folder):
+    from lamra.modeling.reranker import Reranker
+
+    return Reranker.from_pretrained(sharp_reranker_folder, device="cpu")
+
+
 @pytest.fixture()
 def cached_default(tmp_path, monkeypatch, tiny_checkpoint):
     """A default model in a private cache, as `make demo` leaves it (a tiny stand-in: no training here)."""

@@ -4,10 +4,10 @@ Retriever and Reranker called directly (S = alpha * S_ret + (1 - alpha) * S_rank
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
+from terminal_text import plain
 
 from lamra.cli import main
 from lamra.items import Item
@@ -16,41 +16,12 @@ INSTRUCTION = "Find the matching picture or caption."
 
 
 @pytest.fixture(scope="module")
-def items(image_files):
-    red, green, blue, yellow = image_files
-    return [
-        Item(text="A red circle on a white background.", images=[red], id="red-circle"),
-        Item(images=[green], id="green-circle"),
-        Item(text="A tall blue ellipse.", images=[blue], id="blue-ellipse"),
-        Item(images=[yellow], id="yellow-disc"),
-        Item(text="A dog runs on the grass.", id="txt-dog"),
-        Item(text="A red car parks near the house.", id="txt-car"),
-        Item(text="Two people walk along the beach at sunset.", id="txt-beach"),
-    ]
-
-
-@pytest.fixture(scope="module")
-def index_path(items, tiny_retriever, tmp_path_factory):
+def index_path(sample_items, tiny_retriever, tmp_path_factory):
     from lamra.index import Index
 
     path = tmp_path_factory.mktemp("rerank-search") / "index"
-    Index.build(items, tiny_retriever, path, dtype="float32", show_progress=False)  # exact scores
+    Index.build(sample_items, tiny_retriever, path, dtype="float32", show_progress=False)  # exact scores
     return path
-
-
-@pytest.fixture(scope="module")
-def sharp_reranker_folder(small_tokenizer, tmp_path_factory):
-    """Large weights: P(Yes) differs between candidates by more than rounding."""
-    from rerank_models import save_sharp_checkpoint
-
-    return save_sharp_checkpoint(tmp_path_factory.mktemp("sharp-reranker"), small_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reranker(sharp_reranker_folder):
-    from lamra.modeling.reranker import Reranker
-
-    return Reranker.from_pretrained(sharp_reranker_folder, device="cpu")
 
 
 def expected_hits(tiny_retriever, reranker, items, query: Item, *, top_k: int, alpha: float, listwise=False):
@@ -77,14 +48,14 @@ def run_search(capsys, args) -> dict:
 
 
 @pytest.mark.parametrize("alpha", [0.3, 0.5])
-def test_search_rerank_prints_the_fused_scores(alpha, capsys, tiny_checkpoint, tiny_retriever, reranker,
-                                                sharp_reranker_folder, index_path, items, image_files):
+def test_search_rerank_prints_the_fused_scores(alpha, capsys, tiny_checkpoint, tiny_retriever, sharp_reranker,
+                                                sharp_reranker_folder, index_path, sample_items, image_files):
     query = Item(text="a red shape", images=[image_files[0]], id="query")
     body = run_search(capsys, ["search", str(index_path), "--text", "a red shape", "--image", str(image_files[0]),
                                "--instruction", INSTRUCTION, "--model", str(tiny_checkpoint), "--device", "cpu",
                                "--rerank", str(sharp_reranker_folder), "--top-k", "5", "-k", "4",
                                "--alpha", str(alpha), "--json"])
-    expected = expected_hits(tiny_retriever, reranker, items, query, top_k=5, alpha=alpha)
+    expected = expected_hits(tiny_retriever, sharp_reranker, sample_items, query, top_k=5, alpha=alpha)
     assert [hit["id"] for hit in body["results"]] == [hit[0] for hit in expected[:4]]
     for hit, (_, s_ret, s_rank, fused) in zip(body["results"], expected):
         assert hit["retrieval"] == pytest.approx(s_ret, abs=1e-5)
@@ -96,13 +67,13 @@ def test_search_rerank_prints_the_fused_scores(alpha, capsys, tiny_checkpoint, t
     assert body["rerank"]["alpha"] == alpha and body["rerank"]["mode"] == "pointwise" and body["rerank"]["top_k"] == 5
 
 
-def test_search_rerank_listwise_and_default_alpha(capsys, tiny_checkpoint, tiny_retriever, reranker,
-                                                   sharp_reranker_folder, index_path, items):
+def test_search_rerank_listwise_and_default_alpha(capsys, tiny_checkpoint, tiny_retriever, sharp_reranker,
+                                                   sharp_reranker_folder, index_path, sample_items):
     query = Item(text="a red car", id="query")
     body = run_search(capsys, ["search", str(index_path), "--text", "a red car", "--instruction", INSTRUCTION,
                                "--model", str(tiny_checkpoint), "--device", "cpu", "--rerank",
                                str(sharp_reranker_folder), "--listwise", "--top-k", "6", "-k", "6", "--json"])
-    expected = expected_hits(tiny_retriever, reranker, items, query, top_k=6, alpha=0.5, listwise=True)
+    expected = expected_hits(tiny_retriever, sharp_reranker, sample_items, query, top_k=6, alpha=0.5, listwise=True)
     assert body["rerank"]["alpha"] == 0.5 and body["rerank"]["mode"] == "listwise"
     assert [hit["id"] for hit in body["results"]] == [hit[0] for hit in expected]
     for hit, (_, s_ret, s_rank, fused) in zip(body["results"], expected):
@@ -110,14 +81,15 @@ def test_search_rerank_listwise_and_default_alpha(capsys, tiny_checkpoint, tiny_
     assert max(hit["rerank"] for hit in body["results"]) == pytest.approx(1.0)
 
 
-def test_hits_past_the_rerank_depth_keep_their_retrieval_order(capsys, tiny_checkpoint, tiny_retriever, reranker,
-                                                                sharp_reranker_folder, index_path, items):
+def test_hits_past_the_rerank_depth_keep_their_retrieval_order(capsys, tiny_checkpoint, tiny_retriever,
+                                                                sharp_reranker, sharp_reranker_folder, index_path,
+                                                                sample_items):
     query = Item(text="a dog", id="query")
     body = run_search(capsys, ["search", str(index_path), "--text", "a dog", "--instruction", INSTRUCTION,
                                "--model", str(tiny_checkpoint), "--device", "cpu", "--rerank",
                                str(sharp_reranker_folder), "--top-k", "2", "-k", "5", "--alpha", "0", "--json"])
-    reranked = expected_hits(tiny_retriever, reranker, items, query, top_k=2, alpha=0.0)
-    retrieval_order = expected_hits(tiny_retriever, reranker, items, query, top_k=5, alpha=1.0)
+    reranked = expected_hits(tiny_retriever, sharp_reranker, sample_items, query, top_k=2, alpha=0.0)
+    retrieval_order = expected_hits(tiny_retriever, sharp_reranker, sample_items, query, top_k=5, alpha=1.0)
     results = body["results"]
     assert [hit["id"] for hit in results[:2]] == [hit[0] for hit in reranked]
     assert [hit["id"] for hit in results[2:]] == [hit[0] for hit in retrieval_order[2:5]]
@@ -128,7 +100,7 @@ def test_hits_past_the_rerank_depth_keep_their_retrieval_order(capsys, tiny_chec
 def test_the_table_shows_three_score_columns(capsys, tiny_checkpoint, sharp_reranker_folder, index_path):
     assert main(["search", str(index_path), "--text", "a dog", "--model", str(tiny_checkpoint), "--device", "cpu",
                  "--rerank", str(sharp_reranker_folder), "--top-k", "3", "-k", "3"]) == 0
-    out = " ".join(re.sub(r"[│┃┏┓┗┛┡┩━─╇┳┻└┘┌┐├┤┼╋]", " ", capsys.readouterr().out).split())
+    out = plain(capsys.readouterr().out)
     assert "# id retrieval rerank fused text image" in out
     assert "top 3 reranked (pointwise, alpha 0.5)" in out
 

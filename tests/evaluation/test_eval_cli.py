@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
+from terminal_text import plain
 
 from lamra.cli import main
 from lamra.data.mbeir import MBEIRLayout, read_queries
 from lamra.data.synthetic import SynthConfig, synthesize
-
-
-def plain(text: str) -> str:
-    """Terminal output without rich's box drawing and line wrapping."""
-    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ killed rerank resumes where it stopped."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from terminal_text import plain
 
 from lamra.cli import main
 from lamra.data.mbeir import MBEIRLayout, read_queries
@@ -24,29 +24,11 @@ ALPHA = {"cirr_task7": 0.5, "webqa_task1": 0.5, "mscoco_task0": 1 / 1.5}
 TOP_K, RERANK_TOP_K = 6, 5  # the 6th candidate is the un-reranked tail
 
 
-def plain(text: str) -> str:
-    return " ".join(re.sub(r"[│┃┏┓┗┛┡┩━─╇┳┻└┘┌┐├┤┼╋╭╮╰╯]", " ", text).split())
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     path = tmp_path_factory.mktemp("rerank-eval") / "mini"
     synthesize(path, SynthConfig(seed=3, test_queries=3, train_queries=0, pool_size=6, image_size=32))
     return path
-
-
-@pytest.fixture(scope="module")
-def sharp_reranker_folder(small_tokenizer, tmp_path_factory):
-    from rerank_models import save_sharp_checkpoint
-
-    return save_sharp_checkpoint(tmp_path_factory.mktemp("sharp-reranker"), small_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reranker(sharp_reranker_folder):
-    from lamra.modeling.reranker import Reranker
-
-    return Reranker.from_pretrained(sharp_reranker_folder, device="cpu")
 
 
 def eval_args(root, out, *more):
@@ -110,7 +92,7 @@ def test_ret_equals_the_plain_evaluation(plain_out, rank_out):
     assert [t["task"] for t in rank_report["rerank"]["tasks"]] == TASKS
 
 
-def test_ret_plus_rank_is_the_fusion_of_the_rerankers_scores(root, plain_out, rank_out, reranker):
+def test_ret_plus_rank_is_the_fusion_of_the_rerankers_scores(root, plain_out, rank_out, sharp_reranker):
     rank_report = report(rank_out)
     layout, table = MBEIRLayout(root), load_instructions(root)
     reordered = 0
@@ -124,7 +106,8 @@ def test_ret_plus_rank_is_the_fusion_of_the_rerankers_scores(root, plain_out, ra
         for qid, retrieved in run.items():
             head, tail = retrieved[:RERANK_TOP_K], retrieved[RERANK_TOP_K:]
             query = queries[qid]
-            s_rank = reranker.score(query.item(root), [candidates[did] for did, _ in head], table.for_query(query))
+            s_rank = sharp_reranker.score(query.item(root), [candidates[did] for did, _ in head],
+                                          table.for_query(query))
             s_ret = np.array([score for _, score in head])
             fused = ALPHA[task] * s_ret + (1 - ALPHA[task]) * s_rank
             order = np.argsort(-fused, kind="stable")

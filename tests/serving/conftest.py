@@ -17,18 +17,13 @@ HOSTILE_TEXT = "<img src=x onerror=\"document.title='pwned'\"> a fox in the snow
 
 
 @pytest.fixture(scope="session")
-def serving_items(image_files):
+def serving_items(sample_items, image_files):
+    """The shared seven items (tests/conftest.py), then an odd id and a hostile text."""
     from lamra.items import Item
 
-    red, green, blue, yellow = image_files
+    red = image_files[0]
     return [
-        Item(text="A red circle on a white background.", images=[red], id="red-circle"),
-        Item(images=[green], id="green-circle"),  # image only
-        Item(text="A tall blue ellipse.", images=[blue], id="blue-ellipse"),
-        Item(images=[yellow], id="yellow-disc"),  # image only
-        Item(text="A dog runs on the grass.", id="txt-dog"),
-        Item(text="A red car parks near the house.", id="txt-car"),
-        Item(text="Two people walk along the beach at sunset.", id="txt-beach"),
+        *sample_items,
         Item(text="The minister spoke at the conference about the election.", images=[red], id=ODD_ID),
         Item(text=HOSTILE_TEXT, id="txt-hostile"),
     ]

