@@ -5,12 +5,11 @@ packages, SmolLM2 token vectors on the real Qwen2 BPE, stage 1, stage 2, held-ou
 against the untrained starting weights). Skipped only off CI when the Debian packages, cairo or
 the SmolLM2 file are missing; on CI a missing source fails.
 
-A version small enough for the default suite runs the whole recipe in seconds but does not
-learn: a from-scratch transformer of this kind sits on a loss plateau for its first ~150 steps
-at width 128 (docs/demo-model.md), and every shrunk recipe we tried (width 64-128, 60-440
-steps, batch 16-64, LR 1e-3 to 3e-3) stayed at the untrained level on held-out queries. So the
-default suite checks the recipe's plumbing, and the learning test (slow, about 7 minutes)
-trains the real recipe and checks the margins the README reports.
+The default suite runs a small version of the recipe (a 1-layer, width-64 model; about a minute
+on 2 CPU cores, data included) and checks that it learns WordNet: the task a model this small
+can learn in 800 steps, because its words come with SmolLM2's vectors (its image rows move
+above and below the untrained model's from seed to seed: they need the real recipe's width and
+700 steps). The slow test trains the real recipe and checks the margins the README reports.
 """
 
 from __future__ import annotations
@@ -23,12 +22,16 @@ import pytest
 
 from lamra.default_model import DEFAULT_MODEL_FILE, RECIPE, recipe_fingerprint, train_default_model
 
-TINY = copy.deepcopy(RECIPE)
-TINY["data"].update(image_size=56, test_pool=12, test_queries=4, val_pool=6, val_queries=2, train_queries=16,
-                    pairs_train=32, pairs_test=8)
-TINY["model"].update(hidden_size=32, layers=1, vision_width=32)
-TINY["stage1"].update(global_batch_size=8, epochs=1)
-TINY["stage2"].update(global_batch_size=8, epochs=1)
+SMALL = copy.deepcopy(RECIPE)
+SMALL["data"].update(test_pool=100, test_queries=50, val_pool=20, val_queries=5, train_queries=200,
+                     pairs_train=8000, pairs_test=100)
+SMALL["model"].update(hidden_size=64, layers=1, vision_width=32)
+SMALL["stage1"].update(global_batch_size=32, learning_rate=2e-3, epochs=3)  # 750 steps
+SMALL["stage2"].update(global_batch_size=32, learning_rate=2e-3, epochs=2)  # 86 steps
+# Held-out WordNet after SMALL (50 queries, pool 100), trained vs untrained, R@1 / R@5: 18 / 30 vs
+# 0 / 10, 16 / 40 vs 0 / 8, 18 / 38 vs 2 / 10 with model seeds 0, 1, 2 (one torch thread); the test
+# asks for margins of 8 (R@1) and 12 (R@5) points.
+SMALL_WORDNET_MARGINS = {"R@1": 8.0, "R@5": 12.0}
 
 # The real recipe's held-out margins (R@5, percentage points over the untrained starting
 # weights) on the tasks it learns; make demo measured 45, 32, 23 and 29 (docs/demo-model.md).
@@ -56,7 +59,7 @@ def _sources_or_skip() -> None:
         pytest.skip(message)
 
 
-def test_the_recipe_runs_end_to_end_with_frozen_smollm2_vectors(tmp_path):
+def test_a_small_recipe_learns_wordnet_with_frozen_smollm2_vectors(tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -65,13 +68,19 @@ def test_the_recipe_runs_end_to_end_with_frozen_smollm2_vectors(tmp_path):
 
     _sources_or_skip()
     messages: list[str] = []
-    out = train_default_model(tmp_path / "model", recipe=TINY, announce=messages.append, show_progress=False,
+    out = train_default_model(tmp_path / "model", recipe=SMALL, announce=messages.append, show_progress=False,
                               work_dir=tmp_path / "work")
     record = json.loads((out / DEFAULT_MODEL_FILE).read_text())
-    assert record["fingerprint"] == recipe_fingerprint(TINY) != recipe_fingerprint(RECIPE)
+    assert record["fingerprint"] == recipe_fingerprint(SMALL) != recipe_fingerprint(RECIPE)
     assert set(record["evaluation"]) == {"clipart_task0", "clipart_task3", "clipart_task4", "fashionmnist_task0",
                                          "fashionmnist_task3", "fashionmnist_task4", "wordnet_task1"}
     assert all(set(rows) == {"trained", "untrained", "chance"} for rows in record["evaluation"].values())
+    wordnet = record["evaluation"]["wordnet_task1"]
+    for metric, margin in SMALL_WORDNET_MARGINS.items():
+        trained, untrained = wordnet["trained"][metric], wordnet["untrained"][metric]
+        assert trained >= untrained + margin, (
+            f"held-out WordNet {metric}: {trained:.1f} trained vs {untrained:.1f} untrained; the test asks for a "
+            f"margin of {margin} points. Every task: {record['evaluation']}")
 
     def embeddings(folder):
         weights = {}
@@ -80,7 +89,7 @@ def test_the_recipe_runs_end_to_end_with_frozen_smollm2_vectors(tmp_path):
         return next(v for k, v in weights.items() if k.endswith("embed_tokens.weight")), weights
 
     tokenizer = qwen2_tokenizer()
-    expected = smollm2_embeddings(tokenizer, len(tokenizer) + 1, TINY["model"]["hidden_size"])
+    expected = smollm2_embeddings(tokenizer, len(tokenizer) + 1, SMALL["model"]["hidden_size"])
     base, _ = embeddings(tmp_path / "work" / "base")
     trained, trained_weights = embeddings(out)
     torch.testing.assert_close(base, expected)  # the SmolLM2 vectors went into the base model
@@ -89,7 +98,9 @@ def test_the_recipe_runs_end_to_end_with_frozen_smollm2_vectors(tmp_path):
     base_all = embeddings(tmp_path / "work" / "base")[1]
     moved = [k for k, v in trained_weights.items() if k in base_all and v.shape == base_all[k].shape
              and not torch.equal(v, base_all[k])]
-    assert any(".layers." in k for k in moved) and any("visual" in k for k in moved), moved
+    assert any(".layers." in k for k in moved), moved
+    # the vision tower stays as it started (random and frozen, RECIPE["train_vision"] is False)
+    assert not any("visual" in k for k in moved), moved
 
 
 @pytest.mark.slow
