@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,32 @@ def test_positives_follow_titles_classes_and_categories(built):
         assert category.startswith("shapes/")
         assert {json.loads(pool[d]["src_content"])["category"] for d in query["pos_cand_list"]} == {category}
         assert query["query_img_path"] not in {pool[d]["img_path"] for d in query["pos_cand_list"]}
+
+
+def test_train_queries_list_every_training_picture_of_their_class_or_category(fake_sources, tmp_path):
+    """Mining takes the top-k minus the listed positives as hard negatives: a same-class picture
+    left off the list would be trained on as a negative of its own class."""
+    built = tmp_path / "data"  # enough training pictures for classes of more than 5
+    build_demo_data(built, DemoConfig(seed=3, size=replace(SIZE, train_queries=70), image_size=32),
+                    fake_sources[0], workers=1, show_progress=False)
+    pool = lines(built / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl")
+    images = [c for c in pool if c["modality"] == "image"]
+    did_of_path = {c["img_path"]: c["did"] for c in images}
+
+    def group(record: dict, field: str) -> str:
+        src = json.loads(record[field])
+        return src["class"] if src["source"] in ("dataset-fashion-mnist", "lamra") else src["category"]
+
+    checked = 0
+    for query in lines(built / "query" / "union_train" / "mbeir_union_up_train.jsonl"):
+        dataset = query["qid"].split(":")[0]
+        if query["task_id"] == 4 or (query["task_id"] == 0 and dataset == "21"):
+            same = {c["did"] for c in images if c["did"].startswith(dataset + ":")
+                    and group(c, "src_content") == group(query, "query_src_content")}
+            same.discard(did_of_path.get(query["query_img_path"]))
+            assert set(query["pos_cand_list"]) == same, query["qid"]
+            checked = max(checked, len(same))
+    assert checked > 5  # some class holds more pictures than the 5 positives listed before version 4
 
 
 def test_pairs_have_the_simcse_layout(built):

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..serving.limits import ServeConfig
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
+from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
                       RERANK_SCORES, model_settings)
 
 
