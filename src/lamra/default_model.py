@@ -35,7 +35,7 @@ DEFAULT_MODEL_FILE = "lamra_default_model.json"
 # keeps what an untrained model gets from pixel similarity (clipart image -> image), while the
 # trained tower of version 2 fitted the few training pictures and fell below the untrained model
 # there. With the longer schedule (5 + 6 epochs instead of 1 + 2) held-out WordNet R@5 went from 2
-# (version 1) to 35, Fashion-MNIST text -> image from 55 to 65-85. docs/demo-model.md lists every run.
+# (version 1) to 29-36, Fashion-MNIST text -> image from 55 to 65-85. docs/demo-model.md lists every run.
 RECIPE = {
     "version": 4,  # 4: the demo data lists every training picture of a class as positives
     "data": {"seed": 0, "size": "small", "image_size": 112},

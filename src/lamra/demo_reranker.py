@@ -45,8 +45,10 @@ STAGES = ("mined.jsonl", "mined.jsonl.work", "mined.jsonl.summary.json", "train"
 #   been pretrained. Our demo model has no pretraining: its untrained base is random, and a tiny
 #   random model stays at chance on relevance for thousands of steps (docs/training-rerank.md).
 #   The trained retriever's weights already map an image and its words to related hidden states;
-#   started there, the reranker learns the answer format in ~80 steps and leaves the ln 2 plateau
-#   of the pointwise loss after ~200 (at 400 steps: pointwise loss ~0.5-0.6).
+#   started there, the reranker learns the answer format in ~80 steps. On the version-1 default
+#   model it then left the ln 2 plateau of the pointwise loss after ~200 steps; on version 4 it
+#   stays there even for 2,000 steps (it learns to reject unrelated candidates, not the
+#   retriever's near misses), val picks alpha 1 and the reranker changes no ranking.
 # - learning rate 1e-3: at 3e-3 the format is learned faster but the pointwise loss stayed on
 #   the plateau for the whole budget (here and on the synthetic M-BEIR).
 # - batch 8 x 400 steps, max_negatives 2: more updates in the same ~4.5 CPU minutes than
