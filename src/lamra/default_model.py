@@ -49,8 +49,12 @@ RECIPE = {
 
 
 def recipe_fingerprint(recipe: dict = RECIPE) -> str:
-    text = json.dumps({"recipe": recipe, "prompt_format": PROMPT_FORMAT_VERSION}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return fingerprint_of({"recipe": recipe, "prompt_format": PROMPT_FORMAT_VERSION})
+
+
+def fingerprint_of(document: dict) -> str:
+    """12 hex digits of the sha256 of ``document`` as sorted json: a cache folder's key."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_root() -> Path:
@@ -133,13 +137,13 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
         announce("stage 1: WordNet definition -> example sentence pairs")
         train_retriever(load_args(None, model=str(base), data=str(data / "pairs" / "train.jsonl"), data_kind="pairs",
                                   output_dir=str(work / "stage1"), **recipe["stage1"], **common),
-                        on_log=_log_to(announce))
+                        on_log=log_every_50_steps(announce))
     stage2 = work / "stage2" / "adapter"
     if not (stage2 / "config.json").is_file():
         announce("stage 2: every demo task (M-BEIR layout, instructions)")
         train_retriever(load_args(None, model=str(stage1), data=str(data), data_kind="mbeir",
                                   output_dir=str(work / "stage2"), **recipe["stage2"], **common),
-                        on_log=_log_to(announce))
+                        on_log=log_every_50_steps(announce))
     train_seconds = round(time.perf_counter() - started, 1)  # this run's share, when resumed
     announce("held-out evaluation (test split): trained, untrained and chance")
     evaluation = evaluate_against_baselines(stage2, base, data, work / "eval", settings=recipe["settings"],
@@ -175,8 +179,12 @@ def evaluate_against_baselines(model, untrained, data, out: Path, *, settings: d
     return table
 
 
-def _log_to(announce: Callable[[str], None]) -> Callable[[dict], None]:
+def log_every_50_steps(announce: Callable[[str], None]) -> Callable[[dict], None]:
+    """A trainer ``on_log`` that announces the loss every 50 steps and at the last (a reranker's
+    pointwise and listwise parts too)."""
     def log(record: dict) -> None:
         if record["step"] == record["total_steps"] or record["step"] % 50 == 0:
-            announce(f"  step {record['step']}/{record['total_steps']}  loss {record['loss']:.3f}")
+            parts = (f" (pointwise {record['pointwise_loss']:.3f}, listwise {record['listwise_loss']:.3f})"
+                     if "pointwise_loss" in record else "")
+            announce(f"  step {record['step']}/{record['total_steps']}  loss {record['loss']:.3f}{parts}")
     return log

@@ -108,9 +108,9 @@ def _print_evaluation(console, evaluation: dict) -> None:
 
 
 def _demo_reranker(console, model: Path, train: bool):
-    """(Reranker, {task: alpha}) of the cached demo reranker of ``model``, trained first with
-    ``train``; None (and a line saying how to get one) when there is none."""
-    from .demo_reranker import cached_demo_reranker, demo_alphas, ensure_demo_reranker, read_demo_record
+    """(Reranker, {task: alpha}, K reranked) of the cached demo reranker of ``model``, trained
+    first with ``train``; None (and a line saying how to get one) when there is none."""
+    from .demo_reranker import cached_demo_reranker, ensure_demo_reranker, read_demo_record
     from .modeling.reranker import Reranker
 
     if train:
@@ -125,7 +125,7 @@ def _demo_reranker(console, model: Path, train: bool):
     console.print(f"Demo reranker: {folder} (LamRA-Rank trained by lamra on the same data; top "
                   f"{record['recipe']['eval']['top_k']} reranked, alpha chosen on the val split)")
     _print_rerank_evaluation(console, record["test"])
-    return Reranker.from_pretrained(folder, device="cpu"), demo_alphas(folder), record["recipe"]["eval"]["top_k"]
+    return Reranker.from_pretrained(folder, device="cpu"), dict(record["alphas"]), record["recipe"]["eval"]["top_k"]
 
 
 def _print_rerank_evaluation(console, test: dict) -> None:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .default_model import DEFAULT_MODEL_FILE, cache_root
+from .default_model import DEFAULT_MODEL_FILE, cache_root, fingerprint_of, log_every_50_steps
 from .evaluation.cache import file_sha256
 from .prompts import PROMPT_FORMAT_VERSION
 
@@ -90,9 +90,7 @@ def retriever_fingerprint(retriever_dir: str | os.PathLike) -> str:
 
 def recipe_fingerprint(recipe: dict = RERANK_RECIPE, retriever: str = "") -> str:
     """The cache key: the recipe, the prompt format and the retriever's fingerprint."""
-    text = json.dumps({"recipe": recipe, "prompt_format": PROMPT_FORMAT_VERSION, "retriever": retriever},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return fingerprint_of({"recipe": recipe, "prompt_format": PROMPT_FORMAT_VERSION, "retriever": retriever})
 
 
 def demo_reranker_dir(retriever_dir: str | os.PathLike, recipe: dict = RERANK_RECIPE) -> Path:
@@ -206,7 +204,7 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
                          data=str(data), mined=str(mined), output_dir=str(work / "train"), full=True,
                          settings=settings, device="cpu", show_progress=show_progress, save_steps=50,
                          logging_steps=10, gradient_checkpointing=False, **train)
-        train_reranker(args, on_log=_log_to(announce))
+        train_reranker(args, on_log=log_every_50_steps(announce))
     seconds["train"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
     announce(f"evaluation: alpha chosen on val, then Ret and Ret+Rank (top {recipe['eval']['top_k']}) on test")
@@ -298,11 +296,3 @@ def _check_work(work: Path, fingerprint: str) -> None:
             path = work / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     marker.write_text(fingerprint + "\n")
-
-
-def _log_to(announce: Callable[[str], None]) -> Callable[[dict], None]:
-    def log(record: dict) -> None:
-        if record["step"] == record["total_steps"] or record["step"] % 50 == 0:
-            announce(f"  step {record['step']}/{record['total_steps']}  loss {record['loss']:.3f} "
-                     f"(pointwise {record.get('pointwise_loss', 0):.3f}, listwise {record.get('listwise_loss', 0):.3f})")
-    return log

@@ -91,11 +91,12 @@ def smollm2_embeddings(tokenizer, vocab_size: int, width: int, *, scale: float =
     for token, token_id in vocabulary.items():
         if token_id < vocab_size:
             names[token_id] = token
-    vectors = transplanted_embeddings(names, source_tokens, merges, unit_rows(weights))
+    # Unit rows first: the vectors' lengths mostly encode frequency, not meaning.
+    unit = unit_rows(weights)
+    vectors = transplanted_embeddings(names, source_tokens, merges, unit)
     # Principal directions of SmolLM2's word tokens (letters only, with or without the leading
     # space mark): its many code and markup tokens would otherwise take the top directions.
-    # Unit rows first: the vectors' lengths mostly encode frequency, not meaning.
-    words = unit_rows(weights[[bool(WORD_TOKEN.fullmatch(t)) for t in source_tokens]])
+    words = unit[[bool(WORD_TOKEN.fullmatch(t)) for t in source_tokens]]
     centre = words.mean(axis=0)
     centred = words - centre
     _, eigenvectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: the top ones last
