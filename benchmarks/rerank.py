@@ -36,6 +36,10 @@ WORDS = ("the a red green blue small large dog cat car house tree river city str
          "caption news event people crowd player team match goal season price economy report children "
          "school garden flower shirt dress jacket shoe leather cotton pattern striped").split()
 INSTRUCTION = "Find a caption for the news in the given photo."
+# 16-bit: measured on an H200 with random weights, every path differed from the shared-prefix
+# scores by up to 2.1e-2 (2B) and 3.9e-2 (7B) in bf16, while the same 2B in fp32 on that GPU
+# agreed to 4.8e-6: rounding, not a wrong path. Exactness is checked in fp32 (1e-4).
+BF16_ATOL = 5e-2
 
 
 def build_reranker(arch: str, device: str, dtype: str | None, penalty: float):
@@ -132,18 +136,22 @@ def compare(name, query, candidates, reranker, args) -> dict:
             best[method] = min(best[method], elapsed)
     reference = scores["shared_prefix"]
     diffs = {m: float(np.abs(scores[m] - reference).max()) for m in methods if m != "shared_prefix"}
+    # How far two full-forward paths (batch 1 vs padded batches) differ: the rounding noise
+    # that any path shows in 16-bit, reported beside the shared path's differences.
+    noise = float(np.abs(scores["forward_batched"] - scores["forward_per_candidate"]).max())
     k = len(candidates)
     row = {"workload": name, "candidates": k,
            **{f"{m}_per_s": round(k / best[m], 1) for m in methods},
            "speedup_vs_forward_per_candidate": round(best["forward_per_candidate"] / best["shared_prefix"], 2),
            "speedup_vs_forward_batched": round(best["forward_batched"] / best["shared_prefix"], 2),
            "speedup_vs_generate_per_pair": round(best["generate_per_pair"] / best["shared_prefix"], 2),
-           "max_abs_diff": diffs}
+           "max_abs_diff": diffs, "full_forward_paths_diff": noise}
     print(f"{name:<38} shared {row['shared_prefix_per_s']:>7.1f}/s  "
           f"1-by-1 {row['forward_per_candidate_per_s']:>6.1f}/s "
           f"(x{row['speedup_vs_forward_per_candidate']})  batched {row['forward_batched_per_s']:>6.1f}/s "
           f"(x{row['speedup_vs_forward_batched']})  generate {row['generate_per_pair_per_s']:>6.1f}/s "
-          f"(x{row['speedup_vs_generate_per_pair']})  max|dP| {max(diffs.values()):.1e}", flush=True)
+          f"(x{row['speedup_vs_generate_per_pair']})  max|dP| {max(diffs.values()):.1e} "
+          f"(full forwards between them {noise:.1e})", flush=True)
     return row
 
 
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--generate-repeats", type=int, default=1, help="timed runs of the (slow) generate path")
     parser.add_argument("--only", default=None, help="run only workloads whose name contains this")
     parser.add_argument("--atol", type=float, default=None,
-                        help="largest allowed |P(Yes) difference| (default 1e-4 in fp32, 2e-2 in 16-bit)")
+                        help="largest allowed |P(Yes) difference| (default 1e-4 in fp32, 5e-2 in 16-bit)")
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
 
@@ -174,7 +182,7 @@ def main(argv=None) -> int:
     device = args.device or default_device()
     reranker = build_reranker(args.arch, device, args.dtype, args.penalty)
     dtype = reranker.backbone.dtype
-    atol = args.atol if args.atol is not None else (1e-4 if dtype == torch.float32 else 2e-2)
+    atol = args.atol if args.atol is not None else (1e-4 if dtype == torch.float32 else BF16_ATOL)
     machine = (torch.cuda.get_device_name(0) if device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"arch={args.arch} device={device} ({machine}) dtype={dtype} K={args.k} "

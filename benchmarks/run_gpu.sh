@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One GPU session's benchmark run: reranking, encoding and training of the real 2B shape
+# (random weights, bf16), then the 7B reranking if time is left. Results as json under OUT.
+# Each step has its own time limit so one slow step cannot take the others' time.
+set -u
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+log="$OUT/all.log"
+step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)" | tee -a "$log";
+         timeout "$limit" "$@" 2>&1 | grep -v -E "FutureWarning|warnings.warn" | tee -a "$log";
+         echo "=== rc ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$log"
+step 130 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --out "$OUT/rerank_2b.json"
+step 160 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 4096 --images 256 \
+    --batch-size 256 --repeats 2 --out "$OUT/encode_2b.json"
+step 150 python3 benchmarks/train_throughput.py --arch 2b --device cuda --batch 32 --chunk-size 8 --words 40 \
+    --out "$OUT/train_2b.json"
+step 90 python3 benchmarks/rerank.py --arch 7b --device cuda --dtype bf16 --repeats 2 --out "$OUT/rerank_7b.json"
