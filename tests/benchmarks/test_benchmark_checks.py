@@ -68,3 +68,35 @@ def test_search_benchmark_exits_1_when_the_numpy_baseline_is_wrong(capsys):
         module.main(SEARCH_ARGS)
     assert caught.value.code == 1
     assert "numpy brute force (float32): recall@10" in capsys.readouterr().err
+
+
+RERANK_ARGS = ["--arch", "small", "--k", "4", "--image-size", "112", "--candidate-image-size", "56", "--repeats", "1",
+               "--batch-size", "2", "--plain-batch", "2", "--only", "(i->t)"]
+
+
+def test_rerank_benchmark_passes_when_every_path_agrees(tmp_path):
+    import json
+
+    out = tmp_path / "rerank.json"
+    assert load("rerank").main([*RERANK_ARGS, "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert max(row["max_abs_diff"].values()) <= 1e-4 and row["full_forward_paths_diff"] <= 1e-4
+
+
+def test_rerank_benchmark_exits_1_when_the_shared_path_numbers_the_candidates_wrong(monkeypatch, capsys):
+    from lamra.modeling import rerank_forward
+
+    real = rerank_forward.mrope_positions
+    prefix = {}
+
+    def from_prefix_length(input_ids, *args, start: int = 0, **kwargs):
+        # The classic mistake: number the candidate part from the prefix's length, not from its
+        # next M-RoPE position (they differ when the prefix holds an image).
+        if start == 0:
+            prefix["length"] = len(input_ids)
+            return real(input_ids, *args, **kwargs)
+        return real(input_ids, *args, start=prefix["length"], **kwargs)
+
+    monkeypatch.setattr(rerank_forward, "mrope_positions", from_prefix_length)
+    assert load("rerank").main(RERANK_ARGS) == 1
+    assert "FAIL" in capsys.readouterr().err
