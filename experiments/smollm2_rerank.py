@@ -50,8 +50,9 @@ def data(demo_data: Path, mined: Path, out: Path) -> None:
     wordnet = set()
     with open(mined) as lines, open(out / "rerank-mined.jsonl", "w") as kept:
         for line in lines:
-            if json.loads(line)["task"] == TASK:
-                wordnet.add(json.loads(line)["qid"])
+            record = json.loads(line)
+            if record["task"] == TASK:
+                wordnet.add(record["qid"])
                 kept.write(line)
     for source in (demo_data / "query" / "union_train").glob("*.jsonl"):
         rows = [line for line in open(source) if json.loads(line)["qid"] in wordnet]
@@ -73,19 +74,20 @@ def train(out: Path, steps: int, batch: int, lr: float) -> None:
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def _split(demo_data: Path, split: str) -> tuple[list[dict], list[dict]]:
-    queries = [json.loads(line) for line in open(demo_data / "query" / split / f"{TASK_FILE}_{split}.jsonl")]
-    pool = (demo_data / "cand_pool" / "global" / "mbeir_union_val_cand_pool.jsonl" if split == "val"
-            else demo_data / "cand_pool" / "local" / f"{TASK_FILE}_cand_pool.jsonl")
-    prefix = queries[0]["qid"].split(":")[0] + ":"  # the task's data set id: its candidates in the union pool
-    candidates = [row for row in map(json.loads, open(pool)) if row["did"].startswith(prefix)]
-    return queries, candidates
+def _split(demo_data: Path, split: str) -> tuple[list, list]:
+    """The task's queries and the candidates it is ranked among: its own from the union val pool
+    (val), its local pool (test)."""
+    from lamra.data.mbeir import MBEIRLayout, iter_candidates, read_queries
+
+    layout = MBEIRLayout(demo_data)
+    queries = read_queries(layout.query_file(TASK, split))
+    pool = layout.global_pool("val") if split == "val" else layout.local_pool(TASK)
+    dataset = queries[0].dataset_id  # the task's data set: its candidates in the union pool
+    return queries, [c for c in iter_candidates(pool) if c.dataset_id == dataset]
 
 
 def evaluate(out: Path, retriever_dir: str, demo_data: Path, adapter: str | None) -> dict:
-    import numpy as np
-
-    from lamra.items import Item
+    from lamra.evaluation.metrics import r_at_1, rank_by_scores
     from lamra.modeling.reranker import Reranker, fuse
     from lamra.modeling.retriever import Retriever
 
@@ -95,19 +97,22 @@ def evaluate(out: Path, retriever_dir: str, demo_data: Path, adapter: str | None
     hits = {}
     for split in ("val", "test"):
         queries, candidates = _split(demo_data, split)
-        query_vectors = retriever.encode([Item(text=q["query_txt"]) for q in queries], instruction=instruction,
+        ids = [c.did for c in candidates]
+        position = {did: index for index, did in enumerate(ids)}
+        items = {c.did: c.item(demo_data) for c in candidates}
+        query_vectors = retriever.encode([q.item(demo_data) for q in queries], instruction=instruction,
                                          show_progress=False)
-        candidate_vectors = retriever.encode([Item(text=c["txt"]) for c in candidates], show_progress=False)
+        candidate_vectors = retriever.encode(list(items.values()), show_progress=False)
         similarity = query_vectors @ candidate_vectors.T
-        counts, started = {alpha: 0 for alpha in ALPHAS}, time.perf_counter()
+        runs, started = {alpha: {} for alpha in ALPHAS}, time.perf_counter()
         for row, query in enumerate(queries):
-            top = np.argsort(-similarity[row])[:TOP_K]
-            p_yes = reranker.score(Item(text=query["query_txt"]), [Item(text=candidates[i]["txt"]) for i in top],
-                                   instruction)
+            top = rank_by_scores(similarity[row], ids, TOP_K)
+            retrieval = similarity[row, [position[did] for did in top]]
+            p_yes = reranker.score(query.item(demo_data), [items[did] for did in top], instruction)
             for alpha in ALPHAS:
-                best = top[int(np.argmax(fuse(similarity[row, top], p_yes, alpha)))]
-                counts[alpha] += candidates[best]["did"] in query["pos_cand_list"]
-        hits[split] = {alpha: round(100 * count / len(queries), 1) for alpha, count in counts.items()}
+                runs[alpha][query.qid] = rank_by_scores(fuse(retrieval, p_yes, alpha), top, 1)
+        positives = {q.qid: q.positives for q in queries}
+        hits[split] = {alpha: round(100 * r_at_1(run, positives), 1) for alpha, run in runs.items()}
         print(f"{split}: {len(queries)} queries, {len(candidates)} candidates, {time.perf_counter() - started:.0f} s; "
               "R@1 by alpha: " + " ".join(f"{a:g}:{r:g}" for a, r in hits[split].items()), flush=True)
     chosen = max(ALPHAS, key=lambda alpha: (hits["val"][alpha], alpha))

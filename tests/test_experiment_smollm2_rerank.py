@@ -47,9 +47,15 @@ def test_data_keeps_only_the_wordnet_training_queries_and_links_the_rest(tmp_pat
 
 def test_val_candidates_are_the_tasks_own_from_the_union_val_pool(tmp_path):
     demo = tmp_path / "demo"
-    write_jsonl(demo / "query" / "val" / "mbeir_wordnet_task1_val.jsonl", [{"qid": "22:5", "pos_cand_list": ["22:5"]}])
+    query = {"qid": "22:5", "query_txt": "dog: a domestic animal", "query_img_path": None, "query_modality": "text",
+             "query_src_content": None, "pos_cand_list": ["22:5"], "neg_cand_list": [], "task_id": 1}
+    write_jsonl(demo / "query" / "val" / "mbeir_wordnet_task1_val.jsonl", [query])
+
+    def text(did: str) -> dict:
+        return {"txt": f"candidate {did}", "img_path": None, "modality": "text", "did": did, "src_content": None}
+
     write_jsonl(demo / "cand_pool" / "global" / "mbeir_union_val_cand_pool.jsonl",
-                [{"did": "21:1"}, {"did": "22:5"}, {"did": "20:3"}, {"did": "22:6"}])
+                [text("21:1"), text("22:5"), text("20:3"), text("22:6")])
     queries, candidates = load()._split(demo, "val")
-    assert [q["qid"] for q in queries] == ["22:5"]
-    assert [c["did"] for c in candidates] == ["22:5", "22:6"]
+    assert [q.qid for q in queries] == ["22:5"]
+    assert [c.did for c in candidates] == ["22:5", "22:6"]
