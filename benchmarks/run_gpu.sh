@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session's benchmark run: reranking, encoding and training of the real 2B shape
-# (random weights, bf16), then the 7B reranking if time is left. Results as json under OUT.
+# One GPU session's benchmark run: reranking (with and without lamra's packed vision attention)
+# and encoding of the real 2B shape (random weights, bf16), then the 7B reranking; training
+# too with WITH_TRAIN=1. Results as json under OUT.
 # Each step has its own time limit so one slow step cannot take the others' time.
 set -u
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
@@ -11,9 +12,13 @@ step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)" |
          echo "=== rc ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$log"
-step 130 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --out "$OUT/rerank_2b.json"
-step 160 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 4096 --images 256 \
+step 170 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --out "$OUT/rerank_2b.json"
+# The same image workloads with transformers' per-image vision attention: what packing gains.
+step 70 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --only "image candidates" \
+    --stock-vision-attention --out "$OUT/rerank_2b_stock_vision.json"
+step 130 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 4096 --images 256 \
     --batch-size 256 --repeats 2 --out "$OUT/encode_2b.json"
-step 150 python3 benchmarks/train_throughput.py --arch 2b --device cuda --batch 32 --chunk-size 8 --words 40 \
-    --out "$OUT/train_2b.json"
 step 90 python3 benchmarks/rerank.py --arch 7b --device cuda --dtype bf16 --repeats 2 --out "$OUT/rerank_7b.json"
+[ "${WITH_TRAIN:-0}" = 1 ] && step 150 python3 benchmarks/train_throughput.py --arch 2b --device cuda --batch 32 \
+    --chunk-size 8 --words 40 --out "$OUT/train_2b.json"
+exit 0

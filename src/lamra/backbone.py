@@ -269,6 +269,7 @@ def load_backbone(
     import torch
 
     from .checkpoints import check_adapter_source, check_model_source
+    from .modeling.vision_attention import use_packed_vision_attention
 
     check_model_source(model, revision=revision)
     if lora is not None:
@@ -284,6 +285,7 @@ def load_backbone(
     logger.info("loading %s (%s, %s, attention=%s)", model_path, device, torch_dtype, attention)
     network = model_class.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attention,
                                           **hub_kwargs)
+    use_packed_vision_attention(network)
     if network.get_input_embeddings().weight.shape[0] <= processor.emb_token_id:
         # Released LamRA checkpoints were saved with the vocabulary resized to include <emb>;
         # a raw Qwen2-VL has padding rows, so this only runs for a smaller vocabulary.

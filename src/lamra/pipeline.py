@@ -99,7 +99,7 @@ def _lookup(candidates: Candidates) -> Callable[[str], Item]:
 
 
 def rerank_scores(reranker, query: Any, items: Sequence[Item], *, mode: str = "pointwise",
-                  instruction: str | None = None, batch_size: int = 16, window: int | None = None) -> np.ndarray:
+                  instruction: str | None = None, batch_size: int | None = None, window: int | None = None) -> np.ndarray:
     """S_rank of each item: P(Yes) (pointwise) or listwise probability / its maximum (listwise)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -113,7 +113,7 @@ def rerank_scores(reranker, query: Any, items: Sequence[Item], *, mode: str = "p
 
 def rerank_hits(reranker, query: Any, hits: Sequence[tuple[str, float]], candidates: Candidates, *,
                 top_k: int = DEFAULT_TOP_K, alpha: float | Mapping[str, float] | None = None, task: str | None = None,
-                mode: str = "pointwise", instruction: str | None = None, batch_size: int = 16,
+                mode: str = "pointwise", instruction: str | None = None, batch_size: int | None = None,
                 window: int | None = None) -> list[Hit]:
     """Rerank one query's retrieved ``hits`` ((id, score), any order): the top ``top_k`` by
     retrieval score are reranked and fused; the rest follow in retrieval order."""
@@ -145,7 +145,7 @@ def fuse_ranked(head: Sequence[tuple[str, float]], s_rank, alpha: float) -> list
 def rerank_run(reranker, queries: Mapping[str, Any], run: Mapping[str, Sequence[tuple[str, float]]],
                candidates: Candidates, *, top_k: int = DEFAULT_TOP_K,
                alpha: float | Mapping[str, float] | None = None, tasks: Mapping[str, str] | None = None,
-               instructions: Mapping[str, str] | None = None, mode: str = "pointwise", batch_size: int = 16,
+               instructions: Mapping[str, str] | None = None, mode: str = "pointwise", batch_size: int | None = None,
                window: int | None = None, show_progress: bool = False) -> dict[str, list[Hit]]:
     """Rerank stored retrieval results: ``run`` maps each query id to its (candidate id, score)
     list; ``queries`` maps query ids to items; ``tasks`` / ``instructions`` (by query id) pick
@@ -178,7 +178,7 @@ def retrieve(retriever, index, queries: Sequence[Any], *, top_k: int = DEFAULT_T
 def search(retriever, index, reranker, queries: Sequence[Any], *, top_k: int = DEFAULT_TOP_K, k: int | None = None,
            alpha: float | Mapping[str, float] | None = None, task: str | None = None,
            mode: str = "pointwise", instruction: str | None = None, candidates: Candidates | None = None,
-           batch_size: int = 16, window: int | None = None) -> list[list[Hit]]:
+           batch_size: int | None = None, window: int | None = None) -> list[list[Hit]]:
     """The whole pipeline for each query: retrieve ``top_k``, rerank them, fuse, keep ``k``
     (default: all ``top_k``). Candidates come from the index's metadata unless given."""
     hits = retrieve(retriever, index, queries, top_k=top_k, instruction=instruction)

@@ -196,14 +196,18 @@ BENCHMARK_SIZES = {"tiny": dict(hidden_size=32, layers=2, vision_depth=2),
                    "small": dict(hidden_size=256, layers=4, vision_depth=2)}
 
 
-def random_backbone(arch: str, device: str, dtype: str | None = None, *, meta: bool = False):
+def random_backbone(arch: str, device: str, dtype: str | None = None, *, meta: bool = False,
+                    packed_vision_attention: bool = True):
     """A Backbone with random weights: ``arch`` "tiny" / "small" (BENCHMARK_SIZES) or the real
     "2b" / "7b" architecture, the real Qwen2 BPE when installed, on ``device`` (or the meta
-    device: shapes only), in eval mode. For speed and memory benchmarks, not for tests of values."""
+    device: shapes only), in eval mode. For speed and memory benchmarks, not for tests of values.
+    ``packed_vision_attention=False`` keeps transformers' per-image vision attention, as
+    :func:`lamra.backbone.load_backbone` would not."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     from .backbone import Backbone, resolve_attention, resolve_dtype
+    from .modeling.vision_attention import use_packed_vision_attention
     from .processor import LamraProcessor
 
     try:
@@ -220,6 +224,8 @@ def random_backbone(arch: str, device: str, dtype: str | None = None, *, meta: b
     torch.manual_seed(0)
     with torch.device("meta" if meta else device):
         model = Qwen2VLForConditionalGeneration(config).to(torch_dtype).eval()
+    if packed_vision_attention:
+        use_packed_vision_attention(model)
     return Backbone(model=model, processor=LamraProcessor(tokenizer, image_processor()), model_id=f"random-{arch}")
 
 

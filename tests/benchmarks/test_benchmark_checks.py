@@ -100,3 +100,16 @@ def test_rerank_benchmark_exits_1_when_the_shared_path_numbers_the_candidates_wr
     monkeypatch.setattr(rerank_forward, "mrope_positions", from_prefix_length)
     assert load("rerank").main(RERANK_ARGS) == 1
     assert "FAIL" in capsys.readouterr().err
+
+
+def test_rerank_benchmark_profile_labels_lamras_stages_and_restores_them(capsys):
+    from lamra.modeling import rerank_forward
+
+    pixels = rerank_forward._pixels
+    assert load("rerank").main([*RERANK_ARGS, "--profile", "--stock-vision-attention"]) == 0
+    printed = capsys.readouterr().out
+    assert "vision_attention=stock" in printed and "--- profile of the shared path" in printed
+    for stage in ("lamra::_pixels", "lamra::forward:Qwen2VisionTransformerPretrainedModel",
+                  "lamra::forward:Qwen2VLTextModel"):
+        assert f"stage {stage}" in printed
+    assert rerank_forward._pixels is pixels  # the labels are gone after the profile

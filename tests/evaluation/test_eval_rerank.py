@@ -192,6 +192,27 @@ def test_alpha_one_gives_ret_from_the_cached_scores_without_the_retriever(root, 
             {qid: [d for d, _ in hits] for qid, hits in reranked.items()}
 
 
+def test_reranking_some_tasks_keeps_every_tasks_retrieval_results(plain_out, sharp_reranker, tmp_path):
+    from lamra.evaluation.rerank import rerank_mbeir
+
+    out = tmp_path / "out"
+    shutil.copytree(plain_out, out)
+    before = report(plain_out)
+    results = rerank_mbeir(out, sharp_reranker, tasks=["webqa_task1"], top_k=RERANK_TOP_K, alpha=0.5,
+                           show_progress=False)
+    assert [row.task for row in results.reranked] == ["webqa_task1"]
+    after = report(out)
+    assert after["tasks"] == before["tasks"]  # a later rerank of any task still finds its runs
+    assert after["rerank"]["not_reranked"] == ["cirr_task7", "mscoco_task0"]
+    by_task = {t["task"]: t for t in after["rerank"]["tasks"]}
+    for row in before["tasks"]:
+        if row["task"] != "webqa_task1":
+            assert by_task[row["task"]]["score"] == row["score"]
+    assert "Not reranked (Ret+Rank = Ret): cirr_task7, mscoco_task0" in (out / "results.md").read_text()
+    rerank_mbeir(out, sharp_reranker, tasks=["cirr_task7"], top_k=RERANK_TOP_K, alpha=0.5, show_progress=False)
+    assert report(out)["tasks"] == before["tasks"]
+
+
 def test_a_killed_rerank_resumes_where_it_stopped(root, plain_out, rank_out, sharp_reranker_folder, tmp_path,
                                                   monkeypatch, capsys):
     from lamra.modeling.reranker import Reranker

@@ -107,7 +107,8 @@ def mbeir(
                                                "rerank (default: the released per-task weights: 0.5, but 2/3 for "
                                                "mscoco_task0 and 1/1.1 for mscoco_task3)."),
     listwise: bool = typer.Option(False, "--listwise", help="Listwise reranking instead of pointwise P(Yes)."),
-    rerank_batch_size: int = typer.Option(16, "--rerank-batch-size", min=1, help="Candidates per reranker forward."),
+    rerank_batch_size: Optional[int] = typer.Option(None, "--rerank-batch-size", min=1,
+                                                     help="Candidates per reranker forward (default: 64 on a GPU, 16 on the CPU)."),
     rerank_scores: Optional[str] = RERANK_SCORES,
 ) -> None:
     """Evaluate on M-BEIR: a per-task table (the paper's Table 2), TREC runs, cached embeddings.

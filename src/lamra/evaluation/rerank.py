@@ -96,7 +96,7 @@ def read_evaluation(out: str | os.PathLike) -> dict:
 def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | None = None,
                  tasks: Sequence[str] | None = None, top_k: int = DEFAULT_TOP_K,
                  alpha: float | Mapping[str, float] | None = None, mode: str = "pointwise",
-                 window: int | None = None, batch_size: int = 16, show_progress: bool = True,
+                 window: int | None = None, batch_size: int | None = None, show_progress: bool = True,
                  announce: Callable[[str], None] | None = None) -> RerankResults:
     """Rerank the runs of the M-BEIR evaluation in ``out`` and report Ret and Ret+Rank side by side.
 
@@ -114,7 +114,7 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
         raise InputError(f"the runs hold the top {report['top_k']} of each query: the reranking depth must be "
                          f"1 to {report['top_k']}, got {top_k} (or evaluate again with a larger top-k)",
                          file=str(out / RESULTS_FILE), field="top_k")
-    stored = [TaskResult(**entry) for entry in report["tasks"]]
+    stored = everything = [TaskResult(**entry) for entry in report["tasks"]]
     by_name = {result.task: result for result in stored}
     if tasks:
         missing = [name for name in tasks if name not in by_name]
@@ -180,7 +180,14 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
             f"fused, alpha * S_ret + (1 - alpha) * S_rank, alpha "
             + (", ".join(f"{t} {a:.3g}" for t, a in results.alphas.items()) if alpha is None or
                isinstance(alpha, Mapping) else f"{float(alpha):g}") + ".")
-    results.files = write_rerank_reports(results.retrieval, results.reranked, out,
+    # Reranking some tasks keeps every task's retrieval row in results.json (a later run reads
+    # them); the others are reported with Ret+Rank = Ret and named as not reranked.
+    skipped = [ret.task for ret in everything if ret.task not in results.alphas]
+    if skipped:
+        info["rerank"]["not_reranked"] = skipped
+        note += f" Not reranked (Ret+Rank = Ret): {', '.join(skipped)}."
+    reranked_of = {row.task: row for row in results.reranked}
+    results.files = write_rerank_reports(everything, [reranked_of.get(ret.task, ret) for ret in everything], out,
                                          title=f"M-BEIR ({pool} pool, {split}): Ret and Ret+Rank", info=info,
                                          note=note)
     return results
@@ -188,7 +195,7 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
 
 def _score_queries(reranker, store: "ScoreFile", heads: Mapping[str, Sequence[tuple[str, float]]], queries,
                    instructions: list[str], pool_paths: list[Path], root: Path, run_path: Path, *, mode: str,
-                   batch_size: int, window: int | None, show_progress: bool, label: str) -> dict[str, np.ndarray]:
+                   batch_size: int | None, window: int | None, show_progress: bool, label: str) -> dict[str, np.ndarray]:
     """S_rank of each query's head, every query's line on disk (``store``) before the next starts."""
     items = {query.qid: query.item(root) for query in queries}
     instruction_of = {query.qid: text for query, text in zip(queries, instructions)}
@@ -223,7 +230,7 @@ def _reranker_identity(reranker, mode: str, window: int | None) -> dict:
 
 
 def _score_query(reranker, query: Item, items: list[Item], *, mode: str, instruction: str | None,
-                 batch_size: int, window: int | None) -> np.ndarray:
+                 batch_size: int | None, window: int | None) -> np.ndarray:
     """S_rank of one query's candidates; pointwise scores each distinct candidate once (a global
     pool's run can list a candidate twice)."""
     if mode == "pointwise":
