@@ -50,8 +50,9 @@ test-slow: $(STAMP) data-packages
 demo: $(STAMP) data-packages
 	$(PY) -m lamra.demo
 
-# Trains the demo reranker once (a few minutes; the default model first if needed), then runs the
-# demo with it; later `make demo` runs use it from the cache.
+# Trains the demo reranker once (about 20 minutes on 2 CPU cores: SmolLM2-135M-Instruct with a
+# LoRA, for the text task; the default model first if needed), then runs the demo with it; later
+# `make demo` runs use it from the cache.
 demo-rerank: $(STAMP) data-packages
 	$(PY) -m lamra.demo --train-reranker
 

