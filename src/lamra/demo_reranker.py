@@ -83,6 +83,10 @@ RETRIEVER_START_RECIPE = {
 }
 
 
+STARTS = {"smollm2": "SmolLM2-135M-Instruct (built into a Qwen2-VL checkpoint once)",
+          "retriever": "the retriever's weights", "base": "the retriever's untrained base model"}
+
+
 def retriever_fingerprint(retriever_dir: str | os.PathLike) -> str:
     """A digest of the retriever's weights, config and settings (content, not names or sizes: two
     retrievers of one architecture trained differently must not share a reranker)."""
@@ -228,8 +232,9 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     adapter = work / "train" / "adapter"
     if not any((adapter / name).is_file() for name in ("config.json", "adapter_config.json")):
         train = recipe["train"]
-        announce(f"training the reranker: {train['max_steps']} steps of {train['global_batch_size']} queries "
-                 f"from the {recipe.get('start', 'retriever')}'s weights")
+        start = recipe.get("start", "retriever")
+        announce(f"training the reranker: {train['max_steps']} steps of {train['global_batch_size']} queries, "
+                 f"starting from {STARTS.get(start, start)}")
         settings = json.loads((retriever_dir / "lamra_settings.json").read_text()) \
             if (retriever_dir / "lamra_settings.json").is_file() else {}
         settings = {k: settings[k] for k in ("max_pixels", "min_pixels") if k in settings}
