@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # One GPU session's benchmark run: reranking (with and without lamra's packed vision attention)
 # and encoding of the real 2B shape (random weights, bf16), then the 7B reranking; training
-# too with WITH_TRAIN=1. Results as json under OUT.
+# too with WITH_TRAIN=1. PROBE=1 runs the profile of 2026-11-27 instead (torch.profiler of the
+# reranker on image candidates, batches of 16 and 50; encoding with 65,536 tokens per batch).
+# Results as json under OUT.
 # Each step has its own time limit so one slow step cannot take the others' time.
 set -u
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-log="$OUT/all.log"
+log="$OUT/$([ "${PROBE:-0}" = 1 ] && echo probe || echo all).log"
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)" | tee -a "$log";
          timeout "$limit" "$@" 2>&1 | grep -v -E "FutureWarning|warnings.warn" | tee -a "$log";
          echo "=== rc ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$log"
+if [ "${PROBE:-0}" = 1 ]; then  # where the reranker's time goes, and a larger encoding token budget
+    step 100 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --only "image candidates" --repeats 2 \
+        --batch-size 16 --profile --out "$OUT/rerank_2b_b16.json"
+    step 70 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --only "image candidates" --repeats 2 \
+        --batch-size 50 --profile --out "$OUT/rerank_2b_b50.json"
+    step 120 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 4096 --images 256 \
+        --batch-size 256 --max-batch-tokens 65536 --repeats 2 --out "$OUT/encode_2b_65536.json"
+    exit 0
+fi
 step 170 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --out "$OUT/rerank_2b.json"
 # The same image workloads with transformers' per-image vision attention: what packing gains.
 step 70 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --only "image candidates" \
