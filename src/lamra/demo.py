@@ -114,7 +114,7 @@ def _print_evaluation(console, evaluation: dict) -> None:
 def _demo_reranker(console, model: Path, train: bool):
     """(Reranker, {task: alpha}, K reranked) of the cached demo reranker of ``model``, trained
     first with ``train``; None (and a line saying how to get one) when there is none."""
-    from .demo_reranker import cached_demo_reranker, ensure_demo_reranker, read_demo_record
+    from .demo_reranker import STARTS, cached_demo_reranker, ensure_demo_reranker, read_demo_record
     from .modeling.reranker import Reranker
 
     if train:
@@ -127,8 +127,9 @@ def _demo_reranker(console, model: Path, train: bool):
         return None
     record = read_demo_record(folder)
     reranked = [task for task, row in record["test"].items() if row.get("reranked", True)]
-    console.print(f"Demo reranker: {folder} (LamRA-Rank trained by lamra on the same data, from "
-                  f"{record['recipe'].get('start', 'retriever')}; top {record['recipe']['eval']['top_k']} reranked "
+    start = record["recipe"].get("start", "retriever")
+    console.print(f"Demo reranker: {folder} (LamRA-Rank trained by lamra on the same data, starting from "
+                  f"{STARTS.get(start, start)}; top {record['recipe']['eval']['top_k']} reranked "
                   f"for {', '.join(reranked)}, alpha chosen on the val split; other tasks keep the retrieval ranking)")
     _print_rerank_evaluation(console, record["test"])
     return Reranker.from_pretrained(folder, device="cpu"), dict(record["alphas"]), record["recipe"]["eval"]["top_k"]
@@ -250,7 +251,8 @@ def _show_reranked_task(console, retriever, rerank, data: Path, task: str, top: 
             break
     else:
         return
-    retrieved = [(did, float(scores[ids.index(did)])) for did in head]
+    position = {did: index for index, did in enumerate(ids)}
+    retrieved = [(did, float(scores[position[did]])) for did in head]
     fused = rerank_hits(reranker, query.item(data), retrieved, candidates, top_k=top_k, alpha=alphas, task=task,
                         instruction=instruction)
     positives = set(query.positives)

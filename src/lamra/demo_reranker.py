@@ -83,7 +83,7 @@ RETRIEVER_START_RECIPE = {
 }
 
 
-STARTS = {"smollm2": "SmolLM2-135M-Instruct (built into a Qwen2-VL checkpoint once)",
+STARTS = {"smollm2": "SmolLM2-135M-Instruct (as a Qwen2-VL checkpoint)",
           "retriever": "the retriever's weights", "base": "the retriever's untrained base model"}
 
 
