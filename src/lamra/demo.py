@@ -138,11 +138,12 @@ def _demo_reranker(console, model: Path, train: bool):
 def _print_rerank_evaluation(console, test: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="Held-out test split: retrieval alone vs retrieval + rerank, Recall@1 / Recall@5 (%)")
+    table = Table(title="Held-out test split: retrieval alone vs retrieval + rerank, Recall@1 / Recall@5 (%)",
+                  caption="alpha -: the task is not reranked (Ret+Rank = Ret)")
     for column in ("task", "Ret R@1", "Ret+Rank R@1", "Ret R@5", "Ret+Rank R@5", "alpha"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for task, row in test.items():
-        alpha = f"{row['alpha']:g}" if row.get("reranked", True) else "not reranked"
+        alpha = f"{row['alpha']:g}" if row.get("reranked", True) else "-"
         table.add_row(task, f"{row['Ret']['R@1']:.1f}", f"{row['Ret+Rank']['R@1']:.1f}", f"{row['Ret']['R@5']:.1f}",
                       f"{row['Ret+Rank']['R@5']:.1f}", alpha)
     console.print(table)
