@@ -80,7 +80,8 @@ def main() -> None:
     if record_file.is_file():  # for comparison: the default model, trained by the whole recipe
         evaluation = json.loads(record_file.read_text())["evaluation"][TASK]
         for name in ("trained", "untrained"):
-            print(f"  {'default model, ' + name:<44} {'the whole recipe':<32} "
+            trained_on = "the whole recipe" if name == "trained" else "-"
+            print(f"  {'default model, ' + name:<44} {trained_on:<32} "
                   f"{evaluation[name]['R@1']:5.1f} {evaluation[name]['R@5']:5.1f}")
     record = {"task": TASK, "queries": len(test.queries), "pool": len(test.pool), "epochs": args.epochs,
               "recipe_version": RECIPE["version"], "seconds": round(time.perf_counter() - started),

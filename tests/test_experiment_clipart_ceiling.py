@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from experiment_scripts import load_experiment, write_jsonl
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "clipart_ceiling.py"
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30)}
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("clipart_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return load_experiment("clipart_ceiling")
 
 
 def picture(data: Path, name: str, colour: str) -> str:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "smollm2_rerank.py"
+from experiment_scripts import load_experiment, write_jsonl
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("smollm2_rerank", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return load_experiment("smollm2_rerank")
 
 
 def test_data_keeps_only_the_wordnet_training_queries_and_links_the_rest(tmp_path):
