@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 
 from lamra.data.sources import clipart
-from lamra.default_model import DEFAULT_MODEL_FILE, RECIPE, default_model_dir
+from lamra.default_model import DEFAULT_MODEL_FILE, RECIPE, default_model_dir, work_folder
 from lamra.tiny import image_processor
 
 SIZE = 56  # the recipe's image size (max_pixels = min_pixels = 56 * 56)
@@ -47,7 +47,8 @@ TASK = "clipart_task4"
 
 
 def main() -> None:
-    work = default_model_dir().parent / f".{default_model_dir().name}.work"
+    model = default_model_dir()
+    work = work_folder(model)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=work / "data", help="the demo data (lamra data demo)")
     parser.add_argument("--base", type=Path, default=work / "base", help="the default model's untrained weights")
@@ -76,7 +77,7 @@ def main() -> None:
     print(f"\n{TASK} test ({len(test.queries)} queries, pool {len(test.pool)}), R@1 / R@5:")
     for name, trained_on, (r1, r5) in rows:
         print(f"  {name:<44} {trained_on:<32} {r1:5.1f} {r5:5.1f}")
-    record_file = default_model_dir() / DEFAULT_MODEL_FILE
+    record_file = model / DEFAULT_MODEL_FILE
     if record_file.is_file():  # for comparison: the default model, trained by the whole recipe
         evaluation = json.loads(record_file.read_text())["evaluation"][TASK]
         for name in ("trained", "untrained"):
@@ -157,12 +158,11 @@ def load_tower(base: Path) -> nn.Module:
     return model.model.visual.float()
 
 
-PROCESSOR = image_processor(max_pixels=SIZE * SIZE, min_pixels=SIZE * SIZE)
-
-
 def tower_features(tower: nn.Module):
+    processor = image_processor(max_pixels=SIZE * SIZE, min_pixels=SIZE * SIZE)
+
     def features(images: list) -> torch.Tensor:
-        batch = PROCESSOR(images=images, return_tensors="pt")
+        batch = processor(images=images, return_tensors="pt")
         grid = batch["image_grid_thw"]
         out = tower(batch["pixel_values"], grid_thw=grid)
         merged = out if torch.is_tensor(out) else out.pooler_output  # one row per merged token

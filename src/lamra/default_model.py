@@ -57,6 +57,11 @@ def fingerprint_of(document: dict) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def work_folder(folder: Path) -> Path:
+    """``.NAME.work`` beside a cached ``folder``: what building it keeps (data, base model, stages)."""
+    return folder.parent / f".{folder.name}.work"
+
+
 def build_atomically(folder: Path, build: Callable[[Path], object]) -> Path:
     """``build(partial)`` fills ``.NAME.partial`` beside ``folder``, which then replaces ``folder``:
     a reader (or a resumed run checking for the folder) never sees a half-written one."""
@@ -112,7 +117,7 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
     from .training.trainer import train_retriever
 
     out = Path(out)
-    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    work = Path(work_dir) if work_dir else work_folder(out)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = work / "data"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from .default_model import (DEFAULT_MODEL_FILE, build_atomically, cache_root, copy_with_record, fingerprint_of,
-                            log_every_50_steps)
+                            log_every_50_steps, work_folder)
 from .evaluation.cache import file_sha256
 from .prompts import PROMPT_FORMAT_VERSION
 
@@ -169,7 +169,7 @@ def _start_model(retriever_dir: Path, recipe: dict) -> Path:
         return _smollm2_base()
     if start == "base":
         # The default model keeps its untrained starting point in its work folder.
-        base = retriever_dir.parent / f".{retriever_dir.name}.work" / "base"
+        base = work_folder(retriever_dir) / "base"
         if (base / "config.json").is_file():
             return base
         from .errors import InputError
@@ -211,7 +211,7 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
 
     retriever_dir, out = Path(retriever_dir), Path(out_dir)
     data = _data_of(retriever_dir, data_dir)
-    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    work = Path(work_dir) if work_dir else work_folder(out)
     work.mkdir(parents=True, exist_ok=True)
     fingerprint_of_retriever = retriever_fingerprint(retriever_dir)
     fingerprint = recipe_fingerprint(recipe, fingerprint_of_retriever)
@@ -281,8 +281,7 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     chosen alphas: nothing measured on it feeds a choice.
     """
     from .evaluation.mbeir import evaluate_mbeir
-    from .evaluation.report import TaskResult
-    from .evaluation.rerank import read_evaluation, rerank_mbeir
+    from .evaluation.rerank import rerank_mbeir
     from .modeling.reranker import Reranker
 
     spec = recipe["eval"]
@@ -309,13 +308,12 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
         evaluate_mbeir(data, retriever, test, pool=spec["test_pool"], split="test", top_k=depth,
                        show_progress=show_progress)
     results = rerank_mbeir(test, reranker, tasks=tasks, top_k=top_k, alpha=alphas, show_progress=show_progress)
+    reranked_of = {ret.task: ranked for ret, ranked in zip(results.retrieval, results.reranked)}
     table = {}
-    for entry in read_evaluation(test)["tasks"]:  # every task, in the evaluation's order
-        ret = TaskResult(**entry)
-        table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ret), "alpha": 1.0, "reranked": False}
-    for ret, ranked in zip(results.retrieval, results.reranked):
-        table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked), "alpha": alphas.get(ret.task, 1.0),
-                           "reranked": True}
+    for ret in results.all_tasks:  # every task, in the evaluation's order; the others keep Ret (alpha 1)
+        ranked = reranked_of.get(ret.task)
+        table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked or ret),
+                           "alpha": alphas.get(ret.task, 1.0) if ranked else 1.0, "reranked": ranked is not None}
     return {"alphas": alphas, "val": curves, "test": table}
 
 

@@ -146,11 +146,12 @@ def transplant_differences(source, source_tokenizer, folder: Path) -> dict:
     with torch.no_grad():
         lamra_hidden = backbone.hidden_states(inputs)[0]
     text = backbone.tokenizer.decode(prompt.input_ids)
-    prompt_hidden, _ = llama(source_tokenizer(text, add_special_tokens=False).input_ids)
+    prompt_ids = source_tokenizer(text, add_special_tokens=False).input_ids
+    prompt_hidden, _ = llama(prompt_ids)
     return {
         "sentence_tokens": len(ids),
         "same_token_ids": ids == ours_ids,
-        "prompt_same_token_ids": source_tokenizer(text, add_special_tokens=False).input_ids == prompt.input_ids,
+        "prompt_same_token_ids": prompt_ids == prompt.input_ids,
         "prompt_tokens": len(prompt.input_ids),
         "max_abs_diff_hidden": float((out.hidden_states[-1][0] - hidden).abs().max()),
         "max_abs_diff_logits": float((out.logits[0, :, :vocab] - logits).abs().max()),

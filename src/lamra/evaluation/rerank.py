@@ -63,6 +63,8 @@ class RerankResults:
     files: dict[str, Path] = field(default_factory=dict)
     scored: dict[str, int] = field(default_factory=dict)  # task -> queries scored by this run
     reused: dict[str, int] = field(default_factory=dict)  # task -> queries whose cached scores were used
+    # Every task's retrieval row, in the evaluation's order: reranked or not (``tasks=`` picks some).
+    all_tasks: list[TaskResult] = field(default_factory=list)
 
     @property
     def average(self) -> float:
@@ -114,7 +116,7 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
         raise InputError(f"the runs hold the top {report['top_k']} of each query: the reranking depth must be "
                          f"1 to {report['top_k']}, got {top_k} (or evaluate again with a larger top-k)",
                          file=str(out / RESULTS_FILE), field="top_k")
-    stored = everything = [TaskResult(**entry) for entry in report["tasks"]]
+    stored = all_tasks = [TaskResult(**entry) for entry in report["tasks"]]
     by_name = {result.task: result for result in stored}
     if tasks:
         missing = [name for name in tasks if name not in by_name]
@@ -129,7 +131,7 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
     seed = report.get("instruction_seed") or 0
     pool, split = report["pool"], report["split"]
     identity = _reranker_identity(reranker, mode, window)
-    results = RerankResults([], [], {}, mode=mode, top_k=top_k)
+    results = RerankResults([], [], {}, mode=mode, top_k=top_k, all_tasks=all_tasks)
     for number, ret in enumerate(stored, start=1):
         task = get_task(ret.task, root)
         weight = alpha_for(alpha, task.name)
@@ -182,12 +184,12 @@ def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | 
                isinstance(alpha, Mapping) else f"{float(alpha):g}") + ".")
     # Reranking some tasks keeps every task's retrieval row in results.json (a later run reads
     # them); the others are reported with Ret+Rank = Ret and named as not reranked.
-    skipped = [ret.task for ret in everything if ret.task not in results.alphas]
+    skipped = [ret.task for ret in all_tasks if ret.task not in results.alphas]
     if skipped:
         info["rerank"]["not_reranked"] = skipped
         note += f" Not reranked (Ret+Rank = Ret): {', '.join(skipped)}."
     reranked_of = {row.task: row for row in results.reranked}
-    results.files = write_rerank_reports(everything, [reranked_of.get(ret.task, ret) for ret in everything], out,
+    results.files = write_rerank_reports(all_tasks, [reranked_of.get(ret.task, ret) for ret in all_tasks], out,
                                          title=f"M-BEIR ({pool} pool, {split}): Ret and Ret+Rank", info=info,
                                          note=note)
     return results
