@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets" / "demo"
+ASSETS = Path(__file__).parent / "assets"
 SAMPLE_QUERIES = [
     ("a photo of a cat", None, "Find me an everyday image that matches the given caption."),
     (None, "images/coffee.jpg", "Find an image caption describing the following everyday image."),

@@ -1,1 +1,0 @@
-"""Models built on a :class:`lamra.backbone.Backbone`."""
