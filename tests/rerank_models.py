@@ -16,7 +16,7 @@ def save_sharp_checkpoint(folder: Path, tokenizer, *, repetition_penalty: float 
     """A tiny checkpoint folder; ``repetition_penalty`` goes into its generation_config.json."""
     import torch
 
-    from lamra.tiny import image_processor, tiny_model
+    from lamra.demo.tiny import image_processor, tiny_model
 
     model = tiny_model(tokenizer, hidden_size=64, seed=seed)
     generator = torch.Generator().manual_seed(seed)

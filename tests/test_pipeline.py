@@ -104,7 +104,7 @@ def test_rerank_a_stored_run_with_per_task_alpha(tmp_path):
 def test_the_real_reranker_through_the_pipeline(tiny_checkpoint, tiny_retriever, image_files):
     """Live search: index -> top-K -> Reranker -> fused; alpha 0 equals Reranker.score's order."""
     from lamra.index.store import Index
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     reranker = Reranker.from_pretrained(tiny_checkpoint, device="cpu")
     docs = [Item(text="a red circle", id="a"), Item(images=[image_files[1]], id="b"),

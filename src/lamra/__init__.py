@@ -14,24 +14,24 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Item": "lamra.items",
     "InputError": "lamra.errors",
-    "Retriever": "lamra.modeling.retriever",
-    "Reranker": "lamra.modeling.reranker",
-    "fuse": "lamra.modeling.reranker",
-    "load_backbone": "lamra.backbone",
-    "render_prompt": "lamra.prompts",
-    "format_text": "lamra.prompts",
-    "PROMPT_FORMAT_VERSION": "lamra.prompts",
+    "Retriever": "lamra.retriever.model",
+    "Reranker": "lamra.reranker.model",
+    "fuse": "lamra.reranker.model",
+    "load_backbone": "lamra.qwen2vl.backbone",
+    "render_prompt": "lamra.qwen2vl.prompts",
+    "format_text": "lamra.qwen2vl.prompts",
+    "PROMPT_FORMAT_VERSION": "lamra.qwen2vl.prompts",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backbone import load_backbone
     from .errors import InputError
     from .items import Item
-    from .modeling.reranker import Reranker, fuse
-    from .modeling.retriever import Retriever
-    from .prompts import PROMPT_FORMAT_VERSION, format_text, render_prompt
+    from .qwen2vl.backbone import load_backbone
+    from .qwen2vl.prompts import PROMPT_FORMAT_VERSION, format_text, render_prompt
+    from .reranker.model import Reranker, fuse
+    from .retriever.model import Retriever
 
 
 def __getattr__(name: str):

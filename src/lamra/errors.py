@@ -60,7 +60,7 @@ class IncompatibleArtifactError(LamraError):
 
 class ModelSourceError(LamraError):
     """A ``--model`` / ``--lora`` that cannot be loaded: a missing folder, a folder that is not a
-    checkpoint, or a hub id that is neither cached nor downloadable (see ``lamra.checkpoints``)."""
+    checkpoint, or a hub id that is neither cached nor downloadable (see ``lamra.qwen2vl.model_source``)."""
 
 
 class BadLinesError(InputError):

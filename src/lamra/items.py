@@ -46,7 +46,7 @@ class Item:
             images = [images]
         parts = [*images]
         if video is not None:
-            from .video import Video
+            from .qwen2vl.video import Video
 
             parts.append(video if isinstance(video, Video) else Video.from_value(video))
         if text is not None and text != "":
@@ -98,10 +98,10 @@ class Item:
 
 
 def is_video(part: Any) -> bool:
-    """Whether an item part is a :class:`lamra.video.Video`."""
+    """Whether an item part is a :class:`lamra.qwen2vl.video.Video`."""
     if isinstance(part, (str, os.PathLike)) or _is_pil(part):
         return False
-    from .video import Video
+    from .qwen2vl.video import Video
 
     return isinstance(part, Video)
 

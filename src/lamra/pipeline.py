@@ -17,7 +17,7 @@ positive constant for all candidates of a query) keeps every ranking and gives
 
 ``S_rank`` is P("Yes") in pointwise mode. In listwise mode it is each candidate's listwise
 probability divided by the largest one (its odds against the chosen candidate, in [0, 1] like
-P(Yes)), from :meth:`lamra.modeling.reranker.Reranker.pick`'s tournament.
+P(Yes)), from :meth:`lamra.reranker.model.Reranker.pick`'s tournament.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 
 from .errors import InputError
 from .items import Item, as_item
-from .modeling.reranker import fuse
 from .progress import progress_bar
+from .reranker.model import fuse
 
 logger = logging.getLogger(__name__)
 

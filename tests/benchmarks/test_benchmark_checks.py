@@ -28,7 +28,7 @@ def test_encode_benchmark_passes_when_the_vectors_agree():
 
 
 def test_encode_benchmark_exits_1_when_its_vectors_differ(monkeypatch, capsys):
-    from lamra.modeling.retriever import Retriever
+    from lamra.retriever.model import Retriever
 
     real = Retriever.encode
 
@@ -84,7 +84,7 @@ def test_rerank_benchmark_passes_when_every_path_agrees(tmp_path):
 
 
 def test_rerank_benchmark_exits_1_when_the_shared_path_numbers_the_candidates_wrong(monkeypatch, capsys):
-    from lamra.modeling import rerank_forward
+    from lamra.reranker import forward as rerank_forward
 
     real = rerank_forward.mrope_positions
     prefix = {}
@@ -103,7 +103,7 @@ def test_rerank_benchmark_exits_1_when_the_shared_path_numbers_the_candidates_wr
 
 
 def test_rerank_benchmark_profile_labels_lamras_stages_and_restores_them(capsys):
-    from lamra.modeling import rerank_forward
+    from lamra.reranker import forward as rerank_forward
 
     pixels = rerank_forward._pixels
     assert load("rerank").main([*RERANK_ARGS, "--profile", "--stock-vision-attention"]) == 0

@@ -12,7 +12,7 @@ from lamra.cli import main
 
 def test_commands_without_model_use_the_default_and_the_index_model(tmp_path, cached_default, capsys,
                                                                      tiny_checkpoint):
-    from lamra.modeling.retriever import Retriever
+    from lamra.retriever.model import Retriever
 
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
@@ -37,7 +37,7 @@ def test_commands_without_model_use_the_default_and_the_index_model(tmp_path, ca
 
 
 def test_a_cache_from_another_recipe_is_not_reused(cached_default, monkeypatch):
-    from lamra import default_model
+    from lamra.demo import default_model
 
     assert default_model.cached_default_model() == cached_default
     changed = {**default_model.RECIPE, "stage2": {**default_model.RECIPE["stage2"], "epochs": 3}}

@@ -93,7 +93,7 @@ def test_bad_model_settings_are_usage_errors(image_files, tiny_checkpoint, tmp_p
 
 
 def test_settings_reach_the_retriever(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from lamra.modeling.retriever import Retriever
+    from lamra.retriever.model import Retriever
 
     seen = []
     original = Retriever.from_pretrained.__func__

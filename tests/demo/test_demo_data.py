@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from lamra.cli import main
-from lamra.data.demo_data import DemoConfig, DemoSize, DemoSources, SourcesMissing, build_demo_data
 from lamra.data.mbeir import MBEIRLayout, declared_tasks, get_task, root_tasks
 from lamra.data.mbeir_validate import validate_mbeir
+from lamra.demo.data import DemoConfig, DemoSize, DemoSources, SourcesMissing, build_demo_data
 from lamra.errors import InputError
 
 
@@ -387,7 +387,7 @@ def test_declared_tasks_are_found_beside_mbeir_ones(tmp_path):
 
 
 DRAW = """import hashlib, sys
-from lamra.data.sources.clipart import render_png
+from lamra.demo.sources.clipart import render_png
 print(" ".join(hashlib.sha256(render_png((path, 112))[0]).hexdigest() for path in sys.argv[1:]))"""
 
 

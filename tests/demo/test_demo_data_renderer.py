@@ -10,7 +10,7 @@ from lamra.errors import InputError
 
 
 def test_a_missing_cairosvg_is_one_clear_error(monkeypatch):
-    from lamra.data.sources import clipart
+    from lamra.demo.sources import clipart
 
     monkeypatch.setitem(sys.modules, "cairosvg", None)  # import cairosvg now raises ImportError
     with pytest.raises(InputError, match=r"pip install 'lamra\[demo\]'"):

@@ -20,7 +20,7 @@ import os
 
 import pytest
 
-from lamra.default_model import DEFAULT_MODEL_FILE, RECIPE, recipe_fingerprint, train_default_model
+from lamra.demo.default_model import DEFAULT_MODEL_FILE, RECIPE, recipe_fingerprint, train_default_model
 
 SMALL = copy.deepcopy(RECIPE)
 SMALL["data"].update(test_pool=100, test_queries=50, val_pool=20, val_queries=5, train_queries=200,
@@ -41,8 +41,8 @@ LEARNED = {"fashionmnist_task0": 20.0, "fashionmnist_task3": 20.0, "fashionmnist
 
 
 def _sources_or_skip() -> None:
-    from lamra.data.demo_data import DemoSources
-    from lamra.token_embeddings import find_gguf
+    from lamra.demo.data import DemoSources
+    from lamra.demo.token_embeddings import find_gguf
 
     problems = [f"Debian package {name}" for name in DemoSources().missing()]
     try:
@@ -64,8 +64,8 @@ def test_a_small_recipe_learns_wordnet_with_frozen_smollm2_vectors(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from lamra.tiny import qwen2_tokenizer
-    from lamra.token_embeddings import smollm2_embeddings
+    from lamra.demo.tiny import qwen2_tokenizer
+    from lamra.demo.token_embeddings import smollm2_embeddings
 
     _sources_or_skip()
     messages: list[str] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lamra import demo_reranker
+from lamra.demo import reranker as demo_reranker
 from lamra.errors import InputError
 
 TINY_RECIPE = {
@@ -108,7 +108,7 @@ def test_choose_alphas_uses_val_recall_and_prefers_the_retriever_on_ties():
 
 
 def test_trains_once_then_reuses_the_cache_and_resumes_finished_stages(demo_setup, tmp_path, monkeypatch):
-    import lamra.training.mining as mining
+    import lamra.reranker.mining as mining
     import lamra.training.trainer as trainer
 
     retriever, data = demo_setup
@@ -185,7 +185,7 @@ def test_a_lora_recipe_on_chosen_queries_and_tasks_gives_a_merged_reranker(demo_
 
 
 def test_the_smollm2_start_says_what_to_install(tmp_path, monkeypatch):
-    import lamra.smollm2 as smollm2
+    import lamra.demo.smollm2 as smollm2
 
     def missing(folder, **kwargs):
         raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
@@ -202,7 +202,7 @@ def test_the_demo_shows_a_reranked_task_test_query_both_ways(demo_setup):
 
     from lamra import Reranker, Retriever
     from lamra.data.mbeir import MBEIRLayout, iter_candidates, read_queries
-    from lamra.demo import _show_reranked_task
+    from lamra.demo.show import _show_reranked_task
 
     retriever_dir, data = demo_setup
     retriever = Retriever.from_pretrained(retriever_dir, device="cpu")

@@ -7,7 +7,7 @@ def test_demo_rankings_are_the_pipelines_when_a_reranker_is_given(tmp_path, tiny
     from rich.console import Console
 
     from lamra import Item, Reranker, Retriever
-    from lamra.demo import _show
+    from lamra.demo.show import _show
     from lamra.index import Index
     from lamra.pipeline import search
 

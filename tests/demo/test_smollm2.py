@@ -1,4 +1,4 @@
-"""lamra.smollm2: the Qwen2-VL checkpoint computes what SmolLM2 computes. The reference is
+"""lamra.demo.smollm2: the Qwen2-VL checkpoint computes what SmolLM2 computes. The reference is
 SmolLM2 as plain transformers reads it from the GGUF file (a Llama), compared here with the
 saved checkpoint loaded by plain transformers as a Qwen2-VL; a wrong transplant is refused."""
 
@@ -15,7 +15,7 @@ def test_the_checkpoint_computes_what_smollm2_computes(smollm2_gguf, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    from lamra.smollm2 import build_checkpoint
+    from lamra.demo.smollm2 import build_checkpoint
 
     report = build_checkpoint(tmp_path / "base")
     assert report["transplant_ok"]
@@ -39,7 +39,7 @@ def test_the_checkpoint_computes_what_smollm2_computes(smollm2_gguf, tmp_path):
 
 
 def test_a_transplant_that_computes_something_else_is_refused(smollm2_gguf, tmp_path, monkeypatch):
-    import lamra.smollm2 as smollm2
+    import lamra.demo.smollm2 as smollm2
 
     real = smollm2.transplant
 

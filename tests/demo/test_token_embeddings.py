@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lamra.token_embeddings import transplanted_embeddings
+from lamra.demo.token_embeddings import transplanted_embeddings
 
 
 def test_shared_tokens_copy_and_others_average_their_source_spelling():
@@ -23,8 +23,8 @@ def test_shared_tokens_copy_and_others_average_their_source_spelling():
 
 @pytest.fixture(scope="module")
 def qwen2_vectors(smollm2_gguf):
-    from lamra.tiny import qwen2_tokenizer
-    from lamra.token_embeddings import smollm2_embeddings
+    from lamra.demo.tiny import qwen2_tokenizer
+    from lamra.demo.token_embeddings import smollm2_embeddings
 
     tokenizer = qwen2_tokenizer()
     return tokenizer, smollm2_embeddings(tokenizer, len(tokenizer) + 1, 128)

@@ -137,8 +137,8 @@ def test_tables_show_ret_and_ret_plus_rank_side_by_side(rank_out):
 
 
 def count_model_calls(monkeypatch):
-    from lamra.modeling.reranker import Reranker
-    from lamra.modeling.retriever import Retriever
+    from lamra.reranker.model import Reranker
+    from lamra.retriever.model import Retriever
 
     calls = {"encode": 0, "score": 0}
 
@@ -215,7 +215,7 @@ def test_reranking_some_tasks_keeps_every_tasks_retrieval_results(plain_out, sha
 
 def test_a_killed_rerank_resumes_where_it_stopped(root, plain_out, rank_out, sharp_reranker_folder, tmp_path,
                                                   monkeypatch, capsys):
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     out = tmp_path / "out"
     shutil.copytree(plain_out, out)  # a finished retrieval evaluation, nothing reranked yet

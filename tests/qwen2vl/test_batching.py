@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lamra.modeling.batching import plan_batches, prefetch
+from lamra.qwen2vl.batching import plan_batches, prefetch
 
 
 @pytest.mark.parametrize("seed", range(5))

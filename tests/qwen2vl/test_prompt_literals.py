@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from lamra.items import Item
-from lamra.modeling.reranker import Reranker
-from lamra.prompts import LISTWISE_ANSWER_PREFIX, LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
+from lamra.qwen2vl.prompts import LISTWISE_ANSWER_PREFIX, LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
+from lamra.reranker.model import Reranker
 
 POINTWISE = ("I will provide you with a query and a candidate. Please evaluate whether the candidate"
              "                        "  # 24 spaces

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lamra.items import Item
-from lamra.prompts import (EMB_TOKEN, format_text, render_chat, render_prompt, truncate_text, embedding_messages)
+from lamra.qwen2vl.prompts import EMB_TOKEN, embedding_messages, format_text, render_chat, render_prompt, truncate_text
 
 HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 TAIL = "<|im_end|>\n<|im_start|>assistant\n<emb>.<|im_end|>\n<|im_start|>assistant\n"
@@ -91,7 +91,7 @@ def test_real_tokenizer_ids(qwen_tokenizer):
 
 
 def test_emb_token_added_after_last_token(tmp_path, qwen_tokenizer):
-    from lamra.backbone import load_tokenizer
+    from lamra.qwen2vl.backbone import load_tokenizer
 
     qwen_tokenizer.save_pretrained(tmp_path)
     tokenizer = load_tokenizer(tmp_path)
@@ -105,8 +105,8 @@ def test_emb_token_added_after_last_token(tmp_path, qwen_tokenizer):
 def test_pooled_position_is_token_before_emb(tmp_path, qwen_tokenizer):
     import torch
 
-    from lamra.backbone import load_tokenizer
-    from lamra.modeling.pooling import last_positions, positions_before_token
+    from lamra.qwen2vl.backbone import load_tokenizer
+    from lamra.retriever.pooling import last_positions, positions_before_token
 
     qwen_tokenizer.save_pretrained(tmp_path)
     tokenizer = load_tokenizer(tmp_path)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from lamra.errors import InputError
-from lamra.settings import ModelSettings
-from lamra.video import (
+from lamra.qwen2vl.video import (
     Video,
     load_video,
     plan_video_layout,
     video_layout,
     video_pixel_inputs,
 )
+from lamra.settings import ModelSettings
 
 # The CLIP mean / std Qwen2-VL's processor normalises with (written out, not imported).
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -210,7 +210,7 @@ def test_fixed_nframes_on_a_file(tmp_path):
 
 
 def test_decoded_count_wins_over_a_wrong_header(tmp_path, monkeypatch):
-    import lamra.video as video_module
+    import lamra.qwen2vl.video as video_module
 
     path = write_video(tmp_path / "clip.mp4", codec="libx264", frames=30, fps=10, width=64, height=48)
     real_probe = video_module._probe
@@ -227,7 +227,7 @@ def test_decoded_count_wins_over_a_wrong_header(tmp_path, monkeypatch):
 
 
 def test_frames_read_video_would_drop_are_not_sampled(tmp_path, monkeypatch):
-    import lamra.video as video_module
+    import lamra.qwen2vl.video as video_module
 
     # torchvision's read_video keeps frames with pts >= 0, the last one of each pts, sorted by pts
     assert video_module._presentation_order([-2, -1, 0, 1, 1, 2]) == [2, 4, 5]
@@ -246,7 +246,7 @@ def test_frames_read_video_would_drop_are_not_sampled(tmp_path, monkeypatch):
 def test_file_frames_are_resized_bicubic_antialiased():
     from PIL import Image
 
-    from lamra.video import _resize_like_torchvision
+    from lamra.qwen2vl.video import _resize_like_torchvision
 
     rng = np.random.default_rng(0)
     small = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
@@ -289,7 +289,7 @@ def test_frame_list_takes_the_first_frames_size():
 
 # ------------------------------------------------------------------ pixel patches
 def _image_processor():
-    from lamra.tiny import image_processor
+    from lamra.demo.tiny import image_processor
 
     return image_processor()  # 56*56 .. 300*28*28 pixels: a 56x84 frame is not resized
 
@@ -460,7 +460,7 @@ def test_nframes_only_for_files():
 
 
 def test_video_suffixes():
-    from lamra.video import is_video_path
+    from lamra.qwen2vl.video import is_video_path
 
     assert is_video_path("a/b/Clip.MP4") and is_video_path(Path("x.webm")) and is_video_path("y.gif")
     assert not is_video_path("photo.jpg") and not is_video_path("notes.txt")

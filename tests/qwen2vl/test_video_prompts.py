@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lamra import Item, Retriever
-from lamra.prompts import render_prompt
-from lamra.video import Video
+from lamra.qwen2vl.prompts import render_prompt
+from lamra.qwen2vl.video import Video
 
 HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 TAIL = "<|im_end|>\n<|im_start|>assistant\n<emb>.<|im_end|>\n<|im_start|>assistant\n"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lamra.modeling import vision_attention
-from lamra.tiny import image_processor, small_tokenizer, tiny_model
+from lamra.demo.tiny import image_processor, small_tokenizer, tiny_model
+from lamra.qwen2vl import vision_attention
 
 
 def _images(sides, seed=0):
@@ -75,8 +75,8 @@ def test_only_sdpa_is_switched():
 
 
 def test_loaded_backbones_use_it_and_saved_configs_do_not_record_it(tmp_path):
-    from lamra.backbone import load_backbone
-    from lamra.tiny import save_tiny_checkpoint
+    from lamra.demo.tiny import save_tiny_checkpoint
+    from lamra.qwen2vl.backbone import load_backbone
 
     folder = save_tiny_checkpoint(tmp_path / "tiny")
     backbone = load_backbone(folder, device="cpu")

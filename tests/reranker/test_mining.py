@@ -43,7 +43,7 @@ def query_records(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def mined_everything(mbeir, tiny_retriever, tmp_path_factory):
     """k larger than any task pool: every positive is in its query's top-k."""
-    from lamra.training.mining import mine
+    from lamra.reranker.mining import mine
 
     out = tmp_path_factory.mktemp("mined") / "all.jsonl"
     summary = mine(tiny_retriever, mbeir, out, k=1000, shard_size=16, show_progress=False)
@@ -102,7 +102,7 @@ def test_scores_are_the_cosines_of_the_query_with_its_instruction(mbeir, mined_e
 
 def test_a_small_k_keeps_the_best_and_lists_no_positive_as_negative(mbeir, mined_everything, tiny_retriever,
                                                                        tmp_path):
-    from lamra.training.mining import mine
+    from lamra.reranker.mining import mine
 
     full = {line["qid"]: line for line in read_lines(mined_everything[0])}
     out = tmp_path / "k2.jsonl"
@@ -114,7 +114,7 @@ def test_a_small_k_keeps_the_best_and_lists_no_positive_as_negative(mbeir, mined
 
 
 def test_a_positive_missing_from_the_pool_is_reported_before_encoding(mbeir, tmp_path):
-    from lamra.training.mining import plan_mining
+    from lamra.reranker.mining import plan_mining
 
     queries = tmp_path / "queries.jsonl"
     records = query_records(mbeir)[:5]
@@ -126,7 +126,7 @@ def test_a_positive_missing_from_the_pool_is_reported_before_encoding(mbeir, tmp
 
 
 def test_read_mined_refuses_a_positive_listed_as_a_negative(tmp_path):
-    from lamra.training.mining import read_mined
+    from lamra.reranker.mining import read_mined
 
     path = tmp_path / "m.jsonl"
     good = {"qid": "1:1", "positives": ["1:2"], "top": [["1:2", 0.9], ["1:3", 0.5]], "negatives": ["1:3"]}
@@ -138,7 +138,7 @@ def test_read_mined_refuses_a_positive_listed_as_a_negative(tmp_path):
 
 
 def test_an_interrupted_run_with_other_settings_is_refused(mbeir, tiny_retriever, tmp_path):
-    from lamra.training.mining import mine, work_folder
+    from lamra.reranker.mining import mine, work_folder
 
     class Dying:
         """Dies like a kill after the first encode call."""
@@ -194,7 +194,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(mbeir, mined_everythi
 
 
 def test_tasks_a_data_set_declares_keep_their_names():
-    from lamra.training.mining import task_name
+    from lamra.reranker.mining import task_name
 
     assert task_name(9, 0) == "mscoco_task0"
     assert task_name(20, 3, {20: "clipart"}) == "clipart_task3"

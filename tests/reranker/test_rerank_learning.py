@@ -32,11 +32,11 @@ def test_a_trained_reranker_raises_held_out_recall_at_1_over_retrieval(tmp_path)
 
     from lamra import Reranker, Retriever
     from lamra.data.synthetic import SynthConfig, synthesize
+    from lamra.demo.tiny import save_tiny_checkpoint
     from lamra.evaluation.mbeir import evaluate_mbeir
     from lamra.evaluation.rerank import rerank_mbeir
-    from lamra.tiny import save_tiny_checkpoint
+    from lamra.reranker.mining import mine
     from lamra.training.args import RerankerTrainingArgs, load_args
-    from lamra.training.mining import mine
     from lamra.training.trainer import train_reranker, train_retriever
 
     root = tmp_path / "mb"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lamra.modeling.rerank_listwise import balanced_windows, ranking, tournament
+from lamra.reranker.listwise import balanced_windows, ranking, tournament
 
 
 def luce_scorer(strengths, calls=None):

@@ -8,9 +8,9 @@ import pytest
 from rerank_models import save_sharp_checkpoint
 
 from lamra.items import Item
-from lamra.modeling.rerank_forward import shared_prefix_length
-from lamra.modeling.rerank_positions import mrope_positions
-from lamra.modeling.reranker import Reranker
+from lamra.reranker.forward import shared_prefix_length
+from lamra.reranker.model import Reranker
+from lamra.reranker.positions import mrope_positions
 
 
 @pytest.fixture(scope="module")

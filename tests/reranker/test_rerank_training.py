@@ -21,14 +21,14 @@ ANS_3 = [69599, 25, 320, 18, 8]
 
 @pytest.fixture(scope="module")
 def qwen_processor(qwen_tokenizer):
-    from lamra.processor import LamraProcessor
-    from lamra.tiny import image_processor
+    from lamra.demo.tiny import image_processor
+    from lamra.qwen2vl.processor import LamraProcessor
 
     return LamraProcessor(qwen_tokenizer, image_processor())
 
 
 def example(image_files, *, answer=3):
-    from lamra.training.rerank_data import RerankExample
+    from lamra.reranker.data import RerankExample
 
     query = Item(text="what colour is the star in exhibit 3?", images=[image_files[1]], id="q")
     positive = Item(text="exhibit 3 is a red star", id="p")
@@ -50,7 +50,7 @@ def labelled(row):
 ])
 def test_label_masking_covers_exactly_the_answer_tokens(qwen_processor, image_files, span, pointwise_tail,
                                                         listwise_tail):
-    from lamra.training.rerank_collator import RerankCollator
+    from lamra.reranker.collator import RerankCollator
 
     collator = RerankCollator(qwen_processor, label_span=span)
     samples = collator.samples(example(image_files))
@@ -72,7 +72,7 @@ def test_label_masking_covers_exactly_the_answer_tokens(qwen_processor, image_fi
 
 
 def test_batch_labels_pads_and_chunks(qwen_processor, image_files):
-    from lamra.training.rerank_collator import RerankCollator
+    from lamra.reranker.collator import RerankCollator
 
     examples = [example(image_files, answer=a) for a in (1, 2, 3)]
     batch = RerankCollator(qwen_processor, chunk_size=2)(examples)
@@ -90,7 +90,7 @@ def test_batch_labels_pads_and_chunks(qwen_processor, image_files):
 
 
 def test_texts_are_formatted_with_the_instruction_and_cut_to_256_tokens(qwen_processor):
-    from lamra.training.rerank_collator import RerankCollator
+    from lamra.reranker.collator import RerankCollator
 
     collator = RerankCollator(qwen_processor)
     long_text = "word " * 400
@@ -133,7 +133,7 @@ def mbeir_mined(tmp_path_factory):
 
 
 def test_examples_are_seeded_and_never_use_a_positive_as_a_negative(mbeir_mined):
-    from lamra.training.rerank_data import RerankTrainDataset
+    from lamra.reranker.data import RerankTrainDataset
 
     root, mined, queries = mbeir_mined
     dataset = RerankTrainDataset(root, mined, seed=3)
@@ -160,7 +160,7 @@ def test_examples_are_seeded_and_never_use_a_positive_as_a_negative(mbeir_mined)
 
 
 def test_a_query_missing_from_the_mined_file_is_reported(mbeir_mined, tmp_path):
-    from lamra.training.rerank_data import RerankTrainDataset
+    from lamra.reranker.data import RerankTrainDataset
 
     root, mined, queries = mbeir_mined
     lines = mined.read_text().splitlines()
@@ -192,7 +192,7 @@ def test_cli_reports_bad_data_before_loading_a_model(mbeir_mined, tmp_path, caps
 # -- the training forward and the loss --------------------------------------------------------
 
 def lora_backbone(checkpoint, seed=0):
-    from lamra.backbone import load_backbone
+    from lamra.qwen2vl.backbone import load_backbone
 
     backbone = load_backbone(checkpoint, device="cpu")
     torch.manual_seed(seed)
@@ -233,8 +233,8 @@ def test_step_loss_is_the_stock_models_cross_entropy_and_chunking_keeps_gradient
                                                                                    loss):
     from accelerate import Accelerator
 
-    from lamra.training.rerank_collator import RerankCollator
-    from lamra.training.rerank_steps import AnswerModel, answer_loss_step
+    from lamra.reranker.collator import RerankCollator
+    from lamra.reranker.steps import AnswerModel, answer_loss_step
 
     accelerator = Accelerator(cpu=True)
     examples = [example(image_files, answer=a) for a in (1, 3, 2)]
@@ -258,7 +258,7 @@ def test_step_loss_is_the_stock_models_cross_entropy_and_chunking_keeps_gradient
 def test_training_prompts_are_the_inference_prompts_plus_the_answer(tiny_checkpoint, image_files):
     """The reranker reads its scores exactly where training put the labels."""
     from lamra import Reranker
-    from lamra.training.rerank_collator import RerankCollator
+    from lamra.reranker.collator import RerankCollator
 
     reranker = Reranker.from_pretrained(tiny_checkpoint, device="cpu")
     processor = reranker.backbone.processor
@@ -289,8 +289,8 @@ def word_tokenizer(texts: list[str]):
     the shared small tokenizer (and training ~3x faster)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from lamra import prompts
-    from lamra.tiny import QWEN2VL_SPECIAL_TOKENS, _add_special_tokens, _wrap_fast
+    from lamra.demo.tiny import QWEN2VL_SPECIAL_TOKENS, _add_special_tokens, _wrap_fast
+    from lamra.qwen2vl import prompts
 
     corpus = [prompts.POINTWISE_INSTRUCTION, prompts.LISTWISE_INSTRUCTION, prompts.SYSTEM_PROMPT,
               "Query: Candidate: Candidates: Ans: (1) (2) (3) (4) (5) Yes No", *texts]
@@ -324,7 +324,7 @@ def text_task_data(folder: Path, train_queries: int) -> tuple[Path, Path, list[s
 
 def answer_probabilities(reranker, examples) -> torch.Tensor:
     """P(Yes) + P(No) over the whole vocabulary at the answer position of each pointwise pair."""
-    from lamra.training.rerank_collator import RerankCollator
+    from lamra.reranker.collator import RerankCollator
 
     backbone = reranker.backbone
     chunk = RerankCollator(backbone.processor)(examples)["pointwise"][0]
@@ -346,9 +346,9 @@ def test_a_short_run_learns_the_answers_through_the_whole_pipeline(tmp_path):
     learn to compare a query with a candidate)."""
     from lamra import Reranker, Retriever
     from lamra.cli import main
-    from lamra.tiny import save_tiny_checkpoint
-    from lamra.training.mining import mine
-    from lamra.training.rerank_data import RerankTrainDataset
+    from lamra.demo.tiny import save_tiny_checkpoint
+    from lamra.reranker.data import RerankTrainDataset
+    from lamra.reranker.mining import mine
 
     root, train_file, texts = text_task_data(tmp_path, train_queries=4)
     checkpoint = save_tiny_checkpoint(tmp_path / "base", tokenizer=word_tokenizer(texts), hidden_size=64)

@@ -11,8 +11,8 @@ import pytest
 from rerank_models import save_sharp_checkpoint
 
 from lamra.items import Item
-from lamra.modeling.reranker import Reranker, fuse
-from lamra.prompts import LISTWISE_ANSWER_PREFIX, LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
+from lamra.qwen2vl.prompts import LISTWISE_ANSWER_PREFIX, LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
+from lamra.reranker.model import Reranker, fuse
 
 # The released strings, written out (spec 3): 24 spaces after "candidate", "responed",
 # 25 spaces after "others.".

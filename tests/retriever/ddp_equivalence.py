@@ -13,9 +13,9 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
     from accelerate import Accelerator
 
     from lamra import Item, Retriever
-    from lamra.training.collators import RetrievalCollator
-    from lamra.training.data import Example
-    from lamra.training.steps import EmbeddingModel, gradient_cache_step, plain_step
+    from lamra.retriever.collator import RetrievalCollator
+    from lamra.retriever.data import Example
+    from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
 
     accelerator = Accelerator(cpu=True)
     retriever = Retriever.from_pretrained(checkpoint, device="cpu")

@@ -17,8 +17,8 @@ MARGIN = 15.0
 
 def test_training_beats_the_untrained_model_on_every_task_type(tmp_path, small_tokenizer):
     from lamra.data.synthetic import SynthConfig, synthesize
+    from lamra.demo.tiny import save_tiny_checkpoint
     from lamra.evaluation.mbeir import evaluate_mbeir
-    from lamra.tiny import save_tiny_checkpoint
     from lamra.training.args import load_args
     from lamra.training.trainer import train_retriever
 

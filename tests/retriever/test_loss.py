@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lamra.losses import info_nce
+from lamra.retriever.loss import info_nce
 
 
 def naive_info_nce(queries, positives, negatives=None, temperature=0.05):

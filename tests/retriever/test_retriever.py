@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lamra import Item, Retriever
-from lamra.backbone import Backbone
-from lamra.processor import LamraProcessor
+from lamra.qwen2vl.backbone import Backbone
+from lamra.qwen2vl.processor import LamraProcessor
 
 
 def mixed_items(image_files):
@@ -64,8 +64,8 @@ def test_instruction_changes_query_vector(tiny_retriever):
 
 
 def test_saved_then_reloaded_model_gives_same_vectors(tmp_path, small_tokenizer, image_files):
-    from lamra.backbone import load_image_processor
-    from lamra.tiny import image_processor, save_tiny_checkpoint, tiny_model
+    from lamra.demo.tiny import image_processor, save_tiny_checkpoint, tiny_model
+    from lamra.qwen2vl.backbone import load_image_processor
 
     folder = save_tiny_checkpoint(tmp_path / "ckpt", tokenizer=small_tokenizer, seed=3)
     # The same weights in memory, never saved: built again from the seed.
@@ -118,14 +118,14 @@ def test_fingerprint_is_stable_and_relocatable(tmp_path, tiny_checkpoint):
 
 def test_unsupported_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    from lamra.backbone import _model_class
+    from lamra.qwen2vl.backbone import _model_class
 
     with pytest.raises(ValueError, match="not supported"):
         _model_class(str(tmp_path), {})
 
 
 def test_qwen2_5_vl_is_served_by_the_same_code(tmp_path, small_tokenizer, image_files):
-    from lamra.tiny import save_tiny_checkpoint
+    from lamra.demo.tiny import save_tiny_checkpoint
 
     folder = save_tiny_checkpoint(tmp_path / "qwen25", tokenizer=small_tokenizer, family="qwen2_5_vl")
     retriever = Retriever.from_pretrained(folder, device="cpu")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from lamra import Item, Retriever
-from lamra.training.collators import RetrievalCollator
-from lamra.training.data import Example
+from lamra.retriever.collator import RetrievalCollator
+from lamra.retriever.data import Example
 
 LAMRA = shutil.which("lamra") or str(Path(sys.executable).with_name("lamra"))
 
@@ -52,7 +52,7 @@ def grads_of(retriever):
 def test_gradient_cache_gives_the_plain_loss_and_gradients(tiny_checkpoint, image_files):
     from accelerate import Accelerator
 
-    from lamra.training.steps import EmbeddingModel, gradient_cache_step, plain_step
+    from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
 
     accelerator = Accelerator(cpu=True)
     results = []
@@ -116,7 +116,7 @@ def test_bad_training_data_fails_before_the_first_step(tmp_path, tiny_checkpoint
 def test_mbeir_positive_missing_from_the_pool_is_reported(tmp_path, tiny_checkpoint):
     from lamra.data.synthetic import SynthConfig, synthesize
     from lamra.errors import InputError
-    from lamra.training.data import MBEIRTrainDataset
+    from lamra.retriever.data import MBEIRTrainDataset
 
     root = tmp_path / "mb"
     synthesize(root, SynthConfig(test_queries=2, train_queries=3, pool_size=8))
@@ -234,7 +234,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path, tiny_checkpo
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoint, image_files):
     from accelerate import Accelerator
 
-    from lamra.training.steps import EmbeddingModel, plain_step
+    from lamra.retriever.steps import EmbeddingModel, plain_step
 
     accelerator = Accelerator(cpu=True)
     results = []

@@ -173,7 +173,7 @@ def test_rerank_fuses_scores_and_reorders(make_client, fake_reranker, tiny_retri
 
 
 def test_rerank_with_the_real_reranker(make_client, tiny_checkpoint):
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     client = make_client(reranker=Reranker.from_pretrained(tiny_checkpoint, device="cpu"))
     body = client.post("/search", json={"text": "a red car", "k": 3, "rerank": True,

@@ -22,7 +22,7 @@ def captured_run(monkeypatch):
 
 @pytest.fixture
 def counted_loads(monkeypatch):
-    from lamra.modeling.retriever import Retriever
+    from lamra.retriever.model import Retriever
 
     loads = []
     original = Retriever.from_pretrained.__func__
@@ -51,12 +51,12 @@ def test_serve_binds_localhost_and_loads_the_model_once(captured_run, counted_lo
 
 
 def test_serve_options_reach_the_app(captured_run, monkeypatch, tiny_checkpoint, serving_index):
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     rerank_loads = []
     monkeypatch.setattr(Reranker, "from_pretrained",
                         classmethod(lambda cls, model, **options: rerank_loads.append((model, options)) or FakeReranker()))
-    monkeypatch.setattr("lamra.checkpoints.check_model_source", lambda source, **kw: None)  # "some/reranker"
+    monkeypatch.setattr("lamra.qwen2vl.model_source.check_model_source", lambda source, **kw: None)  # "some/reranker"
     code = main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
                  "--rerank", "some/reranker", "--host", "0.0.0.0", "--port", "0", "--max-k", "5",
                  "--max-batch-size", "4", "--alpha", "0.25", "--rerank-scores", "raw"])
@@ -85,7 +85,7 @@ def test_serve_refuses_a_missing_index_before_loading_a_model(captured_run, coun
 
 def test_serve_refuses_an_index_of_another_model(captured_run, tmp_path, tiny_retriever, small_tokenizer, capsys,
                                                  serving_index):
-    from lamra.tiny import save_tiny_checkpoint
+    from lamra.demo.tiny import save_tiny_checkpoint
 
     other = save_tiny_checkpoint(tmp_path / "other-model", tokenizer=small_tokenizer, seed=1, hidden_size=48)
     assert main(["serve", str(serving_index.path), "--model", str(other), "--device", "cpu"]) == 2
@@ -135,9 +135,9 @@ def test_serve_passes_the_model_settings_and_the_pixel_limit(captured_run, count
 
 def test_serve_warns_about_an_untrained_model_in_the_terminal_and_in_info(captured_run, tiny_checkpoint,
                                                                          serving_index, capsys):
-    from lamra.checkpoints import UNTRAINED_MARK
+    from lamra.qwen2vl.model_source import UNTRAINED_MARK
 
-    assert (tiny_checkpoint / UNTRAINED_MARK).is_file()  # lamra.tiny marks what it builds
+    assert (tiny_checkpoint / UNTRAINED_MARK).is_file()  # lamra.demo.tiny marks what it builds
     assert main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
                  "--port", "0"]) == 0
     err = capsys.readouterr().err

@@ -97,7 +97,7 @@ def _uploads_left() -> set[str]:
 
 
 def test_search_with_an_uploaded_video_matches_the_library(make_client, tiny_retriever, serving_index, clip):
-    from lamra.video import Video
+    from lamra.qwen2vl.video import Video
 
     client = make_client()
     before = _uploads_left()
@@ -135,7 +135,7 @@ def test_a_bad_video_is_a_400_that_names_the_field_not_a_temporary_path(make_cli
 
 @pytest.fixture(scope="module")
 def tiny_reranker(tiny_checkpoint):
-    from lamra.modeling.reranker import Reranker
+    from lamra.reranker.model import Reranker
 
     return Reranker.from_pretrained(tiny_checkpoint, device="cpu")
 

@@ -82,7 +82,7 @@ def demo(
 ) -> None:
     """Write the demo data set from offline Debian packages: cliparts, Fashion-MNIST, WordNet
     (docs/demo-data.md). Without the packages, says what to install."""
-    from ..data.demo_data import DemoConfig, DemoSources, SourcesMissing, build_demo_data
+    from ..demo.data import DemoConfig, DemoSources, SourcesMissing, build_demo_data
 
     defaults = DemoSources()
     sources = DemoSources(clipart=clipart_dir or defaults.clipart,

@@ -7,8 +7,18 @@ from typing import Optional
 
 import typer
 
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
-                      model_settings)
+from .options import (
+    DEVICE,
+    DTYPE,
+    IMAGE_PIXEL_LIMIT,
+    LORA,
+    MAX_PIXELS,
+    MAX_TOKENS,
+    MIN_PIXELS,
+    MODEL,
+    POSITIONS,
+    model_settings,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +79,7 @@ def prompt(
 ) -> None:
     """Print the exact chat text LamRA-Ret reads for an item (images shown as placeholders)."""
     from ..items import Item
-    from ..prompts import render_prompt
+    from ..qwen2vl.prompts import render_prompt
 
     item = Item(text=text, images=list(image))
     if item.is_empty() and not instruction:

@@ -8,8 +8,18 @@ from typing import Optional
 
 import typer
 
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
-                      model_settings)
+from .options import (
+    DEVICE,
+    DTYPE,
+    IMAGE_PIXEL_LIMIT,
+    LORA,
+    MAX_PIXELS,
+    MAX_TOKENS,
+    MIN_PIXELS,
+    MODEL,
+    POSITIONS,
+    model_settings,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +60,7 @@ def mine(
     Killed and started again with the same arguments, it resumes. Under torchrun every process
     encodes its share and rank 0 searches and writes.
     """
-    from ..training.mining import plan_mining, work_folder
+    from ..reranker.mining import plan_mining, work_folder
     from .models import check_sources, load_retriever
 
     check_sources(model, lora)
@@ -62,7 +72,7 @@ def mine(
     if work_folder(out).is_dir() and rank == 0:
         typer.echo(f"resuming the interrupted run in {work_folder(out)}", err=True)
     retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
-    from ..training.mining import mine as run
+    from ..reranker.mining import mine as run
 
     summary = run(retriever, data, out, k=k, queries=queries, pool=pool, pools=pools, instructions=instructions,
                   seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force,

@@ -23,7 +23,7 @@ def resolve_model(model, lora=None, *, index=None) -> tuple[str, object]:
         typer.echo(f"using the model {index} was built with: {record['model']}"
                    + (f" + {record['lora']}" if record.get("lora") else ""), err=True)
         return record["model"], lora if lora is not None else record.get("lora")
-    from ..default_model import ensure_default_model
+    from ..demo.default_model import ensure_default_model
 
     folder = ensure_default_model(announce=lambda message: typer.echo(message, err=True))
     typer.echo(f"using lamra's default model {folder} (a small demo model; pass --model for another)", err=True)
@@ -32,25 +32,25 @@ def resolve_model(model, lora=None, *, index=None) -> tuple[str, object]:
 
 def load_retriever(model, *, lora=None, device=None, dtype=None, settings: ModelSettings | None = None,
                    quiet: bool = False):
-    """A :class:`~lamra.modeling.retriever.Retriever`; a bad ``--model`` fails in one line first."""
+    """A :class:`~lamra.retriever.model.Retriever`; a bad ``--model`` fails in one line first."""
     _before_loading(model, lora, quiet)
-    from ..modeling.retriever import Retriever  # (torch: after the cheap checks)
+    from ..retriever.model import Retriever  # (torch: after the cheap checks)
 
     return Retriever.from_pretrained(model, lora=lora, device=_device(device), dtype=dtype, settings=settings)
 
 
 def load_reranker(model, *, lora=None, device=None, dtype=None, settings: ModelSettings | None = None,
                   quiet: bool = False):
-    """A :class:`~lamra.modeling.reranker.Reranker`, loaded as :func:`load_retriever` loads."""
+    """A :class:`~lamra.reranker.model.Reranker`, loaded as :func:`load_retriever` loads."""
     _before_loading(model, lora, quiet)
-    from ..modeling.reranker import Reranker
+    from ..reranker.model import Reranker
 
     return Reranker.from_pretrained(model, lora=lora, device=_device(device), dtype=dtype, settings=settings)
 
 
 def warn_if_untrained(model) -> bool:
     """Print the untrained-model warning (stderr) for a folder marked as random weights."""
-    from ..checkpoints import UNTRAINED_WARNING, is_untrained
+    from ..qwen2vl.model_source import UNTRAINED_WARNING, is_untrained
 
     if not is_untrained(model):
         return False
@@ -61,7 +61,7 @@ def warn_if_untrained(model) -> bool:
 def check_sources(model, lora=None) -> None:
     """A wrong --model / --lora fails here, in one line, before anything slow (reading a collection,
     importing torch). ``load_backbone`` checks again; the hub is asked at most once per id."""
-    from ..checkpoints import check_adapter_source, check_model_source
+    from ..qwen2vl.model_source import check_adapter_source, check_model_source
 
     check_model_source(model)
     check_adapter_source(lora)

@@ -10,8 +10,19 @@ from typing import Optional
 import typer
 
 from ..serving.limits import ServeConfig
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
-                      RERANK_SCORES, model_settings)
+from .options import (
+    DEVICE,
+    DTYPE,
+    IMAGE_PIXEL_LIMIT,
+    INDEX_MODEL,
+    LORA,
+    MAX_PIXELS,
+    MAX_TOKENS,
+    MIN_PIXELS,
+    POSITIONS,
+    RERANK_SCORES,
+    model_settings,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,12 +70,10 @@ def serve(
     # search on every request, and with spinning (the default) idle threads of one runtime starve the
     # other: a tiny-model request measured 10x slower. Passive waiting must be set before they load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..checkpoints import check_adapter_source, check_model_source
+    from ..qwen2vl.model_source import check_adapter_source, check_model_source
     from ..serving.app import load_app
-    from .models import warn_if_untrained
+    from .models import resolve_model, warn_if_untrained
     from .runtime import quiet_model_loading
-
-    from .models import resolve_model
 
     model, lora = resolve_model(model, lora, index=index)
     settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,

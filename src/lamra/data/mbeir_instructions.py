@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from ..errors import InputError
-from ..prompts import format_text
+from ..qwen2vl.prompts import format_text
 from .mbeir import MODALITIES, TASK_MODALITIES, MBEIRLayout, MBEIRQuery
 
 logger = logging.getLogger(__name__)

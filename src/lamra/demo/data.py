@@ -2,7 +2,7 @@
 
 Sources (see docs/demo-data.md): OpenClipart SVGs (``openclipart-svg``, rendered with cairosvg on
 white), Fashion-MNIST (``dataset-fashion-mnist``; its test split feeds only our test split) and
-WordNet (``wordnet-base``). The tasks are in :mod:`lamra.data.demo_tasks`; the root declares them in
+WordNet (``wordnet-base``). The tasks are in :mod:`lamra.demo.tasks`; the root declares them in
 ``tasks.json`` so ``lamra eval mbeir`` and ``lamra data validate`` know them.
 
 Splits (test, val, train) share no image and no text: every image (by content) and every text
@@ -24,9 +24,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..data.mbeir import TASKS_FILE, MBEIRLayout, format_qrels_line, write_instructions
 from ..errors import InputError
 from ..progress import progress_bar
-from .demo_tasks import (
+from .sources import clipart, fashion_mnist, wordnet
+from .tasks import (
     DEMO_DATASETS,
     DEMO_TASKS,
     Ids,
@@ -41,8 +43,6 @@ from .demo_tasks import (
     wordnet_pairs,
     wordnet_train,
 )
-from .mbeir import TASKS_FILE, MBEIRLayout, format_qrels_line, write_instructions
-from .sources import clipart, fashion_mnist, wordnet
 
 logger = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def build_demo_data(out: str | os.PathLike, config: DemoConfig | None = None, so
         _fashion_mnist(build, Path(sources.fashion_mnist))
         pairs = _wordnet(build, Path(sources.wordnet))
         counts = _write(build, pairs)
-        manifest = {"generator": "lamra.data.demo_data", "version": DEMO_VERSION,
+        manifest = {"generator": "lamra.demo.data", "version": DEMO_VERSION,
                     "config": {"seed": config.seed, "image_size": config.image_size, **asdict(config.size)},
                     "sources": {"clipart": str(sources.clipart), "fashion_mnist": str(sources.fashion_mnist),
                                 "wordnet": str(sources.wordnet)},

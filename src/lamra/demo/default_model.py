@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .prompts import PROMPT_FORMAT_VERSION
+from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,10 @@ def ensure_default_model(*, recipe: dict = RECIPE, announce: Callable[[str], Non
 def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announce: Callable[[str], None],
                         show_progress: bool = True, work_dir: str | os.PathLike | None = None) -> Path:
     """Build the data, the base model, stage 1 and stage 2; the finished folder appears at ``out``."""
-    from .data.demo_data import DemoConfig, DemoSources, build_demo_data
+    from ..training.args import load_args
+    from ..training.trainer import train_retriever
+    from .data import DemoConfig, DemoSources, build_demo_data
     from .tiny import qwen2_tokenizer, save_tiny_checkpoint
-    from .training.args import load_args
-    from .training.trainer import train_retriever
 
     out = Path(out)
     work = Path(work_dir) if work_dir else work_folder(out)
@@ -123,7 +123,7 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
     data = work / "data"
     missing = DemoSources().missing()
     if missing:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"the default model is trained on Debian's {', '.join(missing)}, which are not installed: "
                          "run `make data-packages` (as root) or pass --model")
@@ -180,9 +180,9 @@ def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announ
 def evaluate_against_baselines(model, untrained, data, out: Path, *, settings: dict = RECIPE["settings"],
                                show_progress: bool = True) -> dict:
     """Per test task: R@1 and R@5 (percent) of the trained model, the untrained one and chance."""
-    from .evaluation.baselines import RandomEncoder
-    from .evaluation.mbeir import evaluate_mbeir
-    from .modeling.retriever import Retriever
+    from ..evaluation.baselines import RandomEncoder
+    from ..evaluation.mbeir import evaluate_mbeir
+    from ..retriever.model import Retriever
 
     encoders = {"trained": Retriever.from_pretrained(model, device="cpu"),
                 "untrained": Retriever.from_pretrained(untrained, device="cpu", settings=None,

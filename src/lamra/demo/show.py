@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
-    from .data.demo_data import DemoSources
+    from .data import DemoSources
 
     hf_logging.disable_progress_bar()  # the demo shows its own progress
     console = Console()
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
 # -- the trained default model on held-out data ---------------------------------------------------
 
 def _trained_demo(console, args) -> None:
+    from ..retriever.model import Retriever
     from .default_model import DEFAULT_MODEL_FILE, ensure_default_model
-    from .modeling.retriever import Retriever
 
     if args.model is None:
         model = ensure_default_model(announce=lambda message: console.print(f"[dim]{message}[/]"))
@@ -114,8 +114,8 @@ def _print_evaluation(console, evaluation: dict) -> None:
 def _demo_reranker(console, model: Path, train: bool):
     """(Reranker, {task: alpha}, K reranked) of the cached demo reranker of ``model``, trained
     first with ``train``; None (and a line saying how to get one) when there is none."""
-    from .demo_reranker import STARTS, cached_demo_reranker, ensure_demo_reranker, read_demo_record
-    from .modeling.reranker import Reranker
+    from ..reranker.model import Reranker
+    from .reranker import STARTS, cached_demo_reranker, ensure_demo_reranker, read_demo_record
 
     if train:
         folder = ensure_demo_reranker(model, announce=lambda message: console.print(f"[dim]{message}[/]"))
@@ -150,9 +150,9 @@ def _print_rerank_evaluation(console, test: dict) -> None:
 
 
 def _demo_index(console, retriever, data: Path, path: Path, model, lora):
-    from .index.source import record_model
-    from .data.mbeir import MBEIRLayout, iter_candidates
-    from .index import Index
+    from ..data.mbeir import MBEIRLayout, iter_candidates
+    from ..index import Index
+    from ..index.source import record_model
 
     if (path / "manifest.json").is_file():
         try:
@@ -179,7 +179,7 @@ def _demo_index(console, retriever, data: Path, path: Path, model, lora):
 
 def _example_query_images(data: Path) -> list[Path]:
     """Two test images that are queries of the image -> image tasks (not in the indexed pools)."""
-    from .data.mbeir import MBEIRLayout, read_queries
+    from ..data.mbeir import MBEIRLayout, read_queries
 
     layout = MBEIRLayout(data)
     picks = []
@@ -194,7 +194,7 @@ def _show(console, index, retriever, text, image, instruction, top: int, rerank=
     """One query's top hits; with ``rerank`` (reranker, alphas, K) the top K reranked and fused."""
     from rich.table import Table
 
-    from .items import Item
+    from ..items import Item
 
     query = Item(text=text, images=[image] if image else [], id="query")
     if rerank is not None and task not in rerank[1]:
@@ -204,7 +204,7 @@ def _show(console, index, retriever, text, image, instruction, top: int, rerank=
         hits = [(item_id, float(score), None) for item_id, score in zip(ids[0], scores[0])]
         title = f"query: {text or Path(image).name}  (instruction: {instruction})"
     else:
-        from .pipeline import search
+        from ..pipeline import search
 
         reranker, alphas, top_k = rerank
         ranked = search(retriever, index, reranker, [query], top_k=top_k, k=top, alpha=alphas, task=task,
@@ -232,10 +232,10 @@ def _show_reranked_task(console, retriever, rerank, data: Path, task: str, top: 
     retriever's top K (reranking can only reorder those), whatever the reranker then does."""
     from rich.table import Table
 
-    from .data.mbeir import MBEIRLayout, iter_candidates, read_queries
-    from .data.mbeir_instructions import load_instructions
-    from .evaluation.metrics import rank_by_scores
-    from .pipeline import rerank_hits
+    from ..data.mbeir import MBEIRLayout, iter_candidates, read_queries
+    from ..data.mbeir_instructions import load_instructions
+    from ..evaluation.metrics import rank_by_scores
+    from ..pipeline import rerank_hits
 
     reranker, alphas, top_k = rerank
     layout = MBEIRLayout(data)
@@ -292,10 +292,10 @@ def _tiny_untrained_model(folder: Path) -> Path:
 
 
 def _sample_demo(console, args) -> None:
-    from .index.source import record_model
-    from .data.jsonl import read_item_lines
-    from .index import Index
-    from .modeling.retriever import Retriever
+    from ..data.jsonl import read_item_lines
+    from ..index import Index
+    from ..index.source import record_model
+    from ..retriever.model import Retriever
 
     model = args.model or _tiny_untrained_model(args.out / "tiny-untrained-qwen2vl")
     if args.model is None:

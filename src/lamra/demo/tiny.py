@@ -202,13 +202,13 @@ def random_backbone(arch: str, device: str, dtype: str | None = None, *, meta: b
     "2b" / "7b" architecture, the real Qwen2 BPE when installed, on ``device`` (or the meta
     device: shapes only), in eval mode. For speed and memory benchmarks, not for tests of values.
     ``packed_vision_attention=False`` keeps transformers' per-image vision attention, as
-    :func:`lamra.backbone.load_backbone` would not."""
+    :func:`lamra.qwen2vl.backbone.load_backbone` would not."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from .backbone import Backbone, resolve_attention, resolve_dtype
-    from .modeling.vision_attention import use_packed_vision_attention
-    from .processor import LamraProcessor
+    from ..qwen2vl.backbone import Backbone, resolve_attention, resolve_dtype
+    from ..qwen2vl.processor import LamraProcessor
+    from ..qwen2vl.vision_attention import use_packed_vision_attention
 
     try:
         tokenizer = qwen2_tokenizer()
@@ -287,7 +287,7 @@ def save_tiny_checkpoint(folder: str | Path, *, tokenizer=None, seed: int = 0, h
     # Qwen2VLProcessor cannot be built without torchvision (see backbone.py).
     tokenizer.save_pretrained(folder)
     image_processor().save_pretrained(folder)
-    from .checkpoints import mark_untrained
+    from ..qwen2vl.model_source import mark_untrained
 
     mark_untrained(folder)  # the CLI and the web page warn that its rankings mean nothing
     return folder

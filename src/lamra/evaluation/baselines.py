@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..items import as_item
-from ..modeling.retriever import per_item_instructions as _instructions
+from ..retriever.model import per_item_instructions as _instructions
 
 
 def _unit_vector(key: str, dim: int) -> np.ndarray:

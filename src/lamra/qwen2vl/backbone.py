@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelSettings
 from .processor import LamraProcessor
 from .prompts import EMB_TOKEN
-from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +268,8 @@ def load_backbone(
     """
     import torch
 
-    from .checkpoints import check_adapter_source, check_model_source
-    from .modeling.vision_attention import use_packed_vision_attention
+    from .model_source import check_adapter_source, check_model_source
+    from .vision_attention import use_packed_vision_attention
 
     check_model_source(model, revision=revision)
     if lora is not None:

@@ -14,7 +14,7 @@ line or two, what was looked for and what to do:
 
 They raise :class:`lamra.errors.ModelSourceError`, which the CLI prints as ``error: ...``.
 
-The same module knows the *untrained* mark: :func:`lamra.tiny.save_tiny_checkpoint` writes
+The same module knows the *untrained* mark: :func:`lamra.demo.tiny.save_tiny_checkpoint` writes
 ``UNTRAINED.txt`` into the folders of random-weight models it makes (tests, the demo), and
 :func:`is_untrained` finds it, so the CLI and the web page can say that rankings mean nothing.
 """
@@ -25,11 +25,11 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ModelSourceError
+from ..errors import ModelSourceError
 
 HUB_EXAMPLE = "Qwen/Qwen2-VL-2B-Instruct"
 UNTRAINED_MARK = "UNTRAINED.txt"
-UNTRAINED_WARNING = ("this model is UNTRAINED (random weights, built by lamra.tiny for tests and the demo): "
+UNTRAINED_WARNING = ("this model is UNTRAINED (random weights, built by lamra.demo.tiny for tests and the demo): "
                      "rankings show the pipeline working, not retrieval quality. "
                      "Pass --model with a LamRA checkpoint for real results.")
 # Seconds the one reachability request may take (an unreachable hub fails in well under that).
@@ -63,7 +63,7 @@ def is_untrained(model: str | os.PathLike | None) -> bool:
     return (Path(model).expanduser() / UNTRAINED_MARK).is_file()
 
 
-def mark_untrained(folder: str | os.PathLike, how: str = "lamra.tiny") -> None:
+def mark_untrained(folder: str | os.PathLike, how: str = "lamra.demo.tiny") -> None:
     """Mark a saved checkpoint folder as random weights (made by ``how``)."""
     text = (f"This checkpoint has random weights: it was built by {how} for tests and demos.\n"
             "lamra warns when it is loaded (CLI and web page): its rankings mean nothing.\n")

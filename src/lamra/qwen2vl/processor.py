@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import InputError
-from .items import as_item, image_size, load_image
+from ..errors import InputError
+from ..items import as_item, image_size, load_image
+from ..settings import ModelSettings
 from .prompts import EMB_TOKEN, format_text, render_prompt
-from .settings import ModelSettings
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .items import Item, as_item, is_video
+from ..items import Item, as_item, is_video
 
 # Bump when anything below changes the vectors a model produces: stored embeddings and
 # indexes carry it and refuse to mix with another version. (2: 1-D positions, the official

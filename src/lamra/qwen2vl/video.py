@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError
-from .settings import ModelSettings
+from ..errors import InputError
+from ..settings import ModelSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -366,7 +366,7 @@ def _load_frame_list(frames: tuple, settings: ModelSettings) -> "np.ndarray":
 
 
 def _open_frame(frame, settings: ModelSettings, number: int):
-    from .items import load_image
+    from ..items import load_image
 
     try:
         return load_image(frame, pixel_limit=settings.image_pixel_limit)
@@ -375,7 +375,7 @@ def _open_frame(frame, settings: ModelSettings, number: int):
 
 
 def _frame_size(frame, settings: ModelSettings, number: int) -> tuple[int, int]:
-    from .items import image_size
+    from ..items import image_size
 
     try:
         return image_size(frame, pixel_limit=settings.image_pixel_limit)

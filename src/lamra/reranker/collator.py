@@ -1,6 +1,6 @@
 """LamRA-Rank training batches: the pointwise and listwise prompts with their answers, and labels.
 
-Each prompt is rendered with the functions the reranker's inference uses (:mod:`lamra.prompts`),
+Each prompt is rendered with the functions the reranker's inference uses (:mod:`lamra.qwen2vl.prompts`),
 followed by the assistant's answer, exactly as the released collator's chat template renders
 it (``add_generation_prompt=False``)::
 
@@ -28,10 +28,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..items import Item
-from ..processor import LamraProcessor, PromptInput
-from ..prompts import (ASSISTANT_START, MAX_RERANK_TEXT_TOKENS, TrainingTextRule, format_text, listwise_messages,
-                       pointwise_messages, render_chat)
-from .rerank_data import RerankExample
+from ..qwen2vl.processor import LamraProcessor, PromptInput
+from ..qwen2vl.prompts import (
+    ASSISTANT_START,
+    MAX_RERANK_TEXT_TOKENS,
+    TrainingTextRule,
+    format_text,
+    listwise_messages,
+    pointwise_messages,
+    render_chat,
+)
+from .data import RerankExample
 
 IGNORE = -100
 END_OF_TURN = "<|im_end|>"

@@ -27,8 +27,15 @@ from ..data.mbeir import MBEIRLayout, iter_candidates
 from ..data.mbeir_instructions import load_instructions
 from ..errors import InputError
 from ..items import Item
-from .data import (candidate_problems, default_query_files, mbeir_item, query_problems, raise_problems,
-                   random_instruction, read_query_files)
+from ..retriever.data import (
+    candidate_problems,
+    default_query_files,
+    mbeir_item,
+    query_problems,
+    raise_problems,
+    random_instruction,
+    read_query_files,
+)
 from .mining import read_mined
 
 logger = logging.getLogger(__name__)

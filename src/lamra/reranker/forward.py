@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..backbone import Backbone
 from ..errors import InputError
 from ..items import load_image
-from ..processor import PromptInput
-from .batching import plan_batches
-from .rerank_positions import mrope_positions
+from ..qwen2vl.backbone import Backbone
+from ..qwen2vl.batching import plan_batches
+from ..qwen2vl.processor import PromptInput
+from .positions import mrope_positions
 
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"

@@ -42,12 +42,19 @@ from typing import Sequence
 import numpy as np
 
 from .. import distributed
-from ..data.mbeir import (DATASET_BY_ID, TASK_MODALITIES, MBEIRCandidate, MBEIRLayout, MBEIRQuery, declared_tasks,
-                          iter_candidates)
+from ..data.mbeir import (
+    DATASET_BY_ID,
+    TASK_MODALITIES,
+    MBEIRCandidate,
+    MBEIRLayout,
+    MBEIRQuery,
+    declared_tasks,
+    iter_candidates,
+)
 from ..data.mbeir_instructions import load_instructions
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
-from .data import default_query_files, read_query_files
+from ..retriever.data import default_query_files, read_query_files
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +171,7 @@ def _read_queries(files: list[Path]) -> tuple[list[MBEIRQuery], list[Path]]:
 
 def _instructions(queries: list[MBEIRQuery], sources: list[Path], root: Path, choice: str, seed: int,
                   modality_of: dict[str, str]) -> list[str]:
-    from ..prompts import format_text
+    from ..qwen2vl.prompts import format_text
 
     table = load_instructions(root)
     out = []
@@ -253,7 +260,7 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
     """Mine the top ``k`` of every training query of the M-BEIR root ``root`` into ``out`` (jsonl).
 
     See the module docstring for the queries, pools and output; ``retriever`` is a
-    :class:`~lamra.modeling.retriever.Retriever` (or anything with ``encode`` and ``fingerprint``).
+    :class:`~lamra.retriever.model.Retriever` (or anything with ``encode`` and ``fingerprint``).
     Run again with the same arguments after a kill, it resumes. ``plan``: what
     :func:`plan_mining` returned for the same arguments (saves reading the data twice).
     """

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..backbone import Backbone, load_backbone
 from ..items import Item, as_item
-from ..prompts import LISTWISE_ANSWER_PREFIX, listwise_messages, pointwise_messages, render_chat
+from ..qwen2vl.backbone import Backbone, load_backbone
+from ..qwen2vl.prompts import LISTWISE_ANSWER_PREFIX, listwise_messages, pointwise_messages, render_chat
 from ..settings import ModelSettings
-from .rerank_forward import plain_answer_logits, shared_prefix_answer_logits, tokenize
-from .rerank_listwise import ranking, tournament
-from .rerank_scores import checkpoint_repetition_penalty, penalize_repeated, yes_probability
+from .forward import plain_answer_logits, shared_prefix_answer_logits, tokenize
+from .listwise import ranking, tournament
+from .scores import checkpoint_repetition_penalty, penalize_repeated, yes_probability
 
 DEFAULT_ALPHA = 0.5
 # Candidates (pointwise) or windows (listwise) per forward. On a GPU one batch takes a whole
@@ -167,7 +167,7 @@ class Reranker:
         A list that fits one prompt (at most ``window`` candidates, ``listwise_max_tokens``
         tokens) is one forward: the probabilities are the softmax over the digits 1..K after
         ``Ans: (``. A longer list is played as a tournament of windows (see
-        :mod:`lamra.modeling.rerank_listwise` for how the probabilities combine).
+        :mod:`lamra.reranker.listwise` for how the probabilities combine).
         """
         query, items = as_item(query), [as_item(c) for c in candidates]
         if not items:

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .rerank_collator import IGNORE, KINDS
+from .collator import IGNORE, KINDS
 
 LOSSES = ("sum", "joint")
 

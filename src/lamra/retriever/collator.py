@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..processor import LamraProcessor
-from ..prompts import MAX_RETRIEVAL_TEXT_TOKENS, TrainingTextRule, raw_text
+from ..qwen2vl.processor import LamraProcessor
+from ..qwen2vl.prompts import MAX_RETRIEVAL_TEXT_TOKENS, TrainingTextRule, raw_text
 from .data import Example
 
 TEXT_RULES = ("raw", "lamra")

@@ -17,7 +17,7 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
     compute the same loss: the paper's global-batch negatives.
     """
     if gather:
-        from .distributed import all_gather_with_grad
+        from ..distributed import all_gather_with_grad
 
         queries, positives = all_gather_with_grad(queries), all_gather_with_grad(positives)
         if hard_negatives is not None:

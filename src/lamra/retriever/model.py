@@ -8,13 +8,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..backbone import Backbone, load_backbone
 from ..errors import InputError
 from ..items import as_item
 from ..progress import progress_bar
-from ..prompts import PROMPT_FORMAT_VERSION, render_prompt
+from ..qwen2vl.backbone import Backbone, load_backbone
+from ..qwen2vl.batching import plan_batches, prefetch
+from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION, render_prompt
 from ..settings import ModelSettings
-from .batching import plan_batches, prefetch
 from .pooling import gather_rows, l2_normalize, last_positions
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..losses import info_nce
+from .loss import info_nce
 
 SIDES = ("query", "positive", "hard_negative")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Query as QueryParam, Request
+from fastapi import FastAPI, Request
+from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,11 +25,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..items import Item
 from .engine import Query, SearchEngine
-from .limits import (ApiError, BodySizeLimit, BodyTooLarge, ServeConfig, check_bool, check_int, check_text,
-                     decode_base64, decode_image)
+from .limits import (
+    ApiError,
+    BodySizeLimit,
+    BodyTooLarge,
+    ServeConfig,
+    check_bool,
+    check_int,
+    check_text,
+    decode_base64,
+    decode_image,
+)
 from .middleware import AccessLog, SecurityHeaders
-from .schemas import (ERROR_RESPONSES, SEARCH_MULTIPART_SCHEMA, EmbedRequest, EmbedResponse, ItemInfo,
-                      SearchRequest, SearchResponse)
+from .schemas import (
+    ERROR_RESPONSES,
+    SEARCH_MULTIPART_SCHEMA,
+    EmbedRequest,
+    EmbedResponse,
+    ItemInfo,
+    SearchRequest,
+    SearchResponse,
+)
 from .uploads import hide_upload_paths, read_search_fields, remove_uploads, save_video, validation_error
 
 logger = logging.getLogger(__name__)
@@ -45,7 +62,7 @@ def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = 
 
     ``reranker`` is any object with ``score(query_item, candidate_items) -> P(Yes) array``;
     without one, requests asking for reranking get a 400 and the page hides its toggle.
-    ``untrained`` (a model marked as random weights, see :mod:`lamra.checkpoints`) puts the
+    ``untrained`` (a model marked as random weights, see :mod:`lamra.qwen2vl.model_source`) puts the
     CLI's warning in /info and on the page.
     """
     config = config or ServeConfig()
@@ -86,15 +103,15 @@ def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, dev
     :class:`~lamra.settings.ModelSettings`) go to the retriever; the reranker takes its own
     folder's settings and the ``rerank_scores`` mode.
     """
-    from ..checkpoints import is_untrained
     from ..index import Index
-    from ..modeling.retriever import Retriever
+    from ..qwen2vl.model_source import is_untrained
+    from ..retriever.model import Retriever
 
     index = Index.open(index_path)
     retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype, settings=settings)
     reranker = None
     if rerank is not None:
-        from ..modeling.reranker import Reranker
+        from ..reranker.model import Reranker
 
         # The reranker keeps its own folder's settings; only the score mode comes from the command.
         reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device, dtype=dtype,

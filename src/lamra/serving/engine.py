@@ -30,7 +30,7 @@ from .limits import ApiError, ServeConfig
 logger = logging.getLogger(__name__)
 
 class ScoresCandidates(Protocol):
-    """What the server needs of a reranker (``lamra.modeling.reranker.Reranker`` fits)."""
+    """What the server needs of a reranker (``lamra.reranker.model.Reranker`` fits)."""
 
     def score(self, query_item: Any, candidate_items: Sequence[Any]) -> np.ndarray: ...
 
@@ -233,7 +233,7 @@ class SearchEngine:
         return settings if isinstance(settings, ModelSettings) else ModelSettings()
 
     def info(self) -> dict:
-        from ..checkpoints import UNTRAINED_WARNING
+        from ..qwen2vl.model_source import UNTRAINED_WARNING
 
         manifest = dict(self.index.manifest)
         return {

@@ -102,7 +102,7 @@ _SIGNATURES = ((b"GIF87a", ".gif"), (b"GIF89a", ".gif"), (b"\x1a\x45\xdf\xa3", "
 
 def save_video(data: bytes, filename: str | None, *, field: str = "video") -> Path:
     """Write an uploaded video to a temporary file (removed by :func:`remove_uploads`)."""
-    from ..video import VIDEO_SUFFIXES
+    from ..qwen2vl.video import VIDEO_SUFFIXES
 
     if not data:
         raise ApiError(400, "empty_video", f"{field} is an empty file", field=field)

@@ -12,7 +12,7 @@ def merge_lora(model: str | os.PathLike, adapter: str | os.PathLike, out: str | 
     """``model`` + ``adapter`` -> ``out``: weights, tokenizer (with ``<emb>``), image processor."""
     from transformers import AutoConfig
 
-    from ..backbone import load_backbone
+    from ..qwen2vl.backbone import load_backbone
 
     # Keep the base's own dtype (a bf16 checkpoint stays bf16).
     dtype = getattr(AutoConfig.from_pretrained(str(model)), "dtype", None) or "fp32"

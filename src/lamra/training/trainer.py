@@ -45,9 +45,9 @@ class Recipe:
 
 
 def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
-    from ..modeling.retriever import Retriever
-    from .collators import RetrievalCollator
-    from .steps import EmbeddingModel, gradient_cache_step, plain_step
+    from ..retriever.collator import RetrievalCollator
+    from ..retriever.model import Retriever
+    from ..retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
 
     step = gradient_cache_step if args.chunk_size else plain_step
     return Recipe(
@@ -60,9 +60,9 @@ def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
 
 
 def reranker_recipe(args: RerankerTrainingArgs) -> Recipe:
-    from .rerank_collator import RerankCollator
-    from .rerank_data import RerankTrainDataset
-    from .rerank_steps import AnswerModel, answer_loss_step
+    from ..reranker.collator import RerankCollator
+    from ..reranker.data import RerankTrainDataset
+    from ..reranker.steps import AnswerModel, answer_loss_step
 
     dataset = RerankTrainDataset(args.data, args.mined, queries=args.train_queries, pool=args.train_pool,
                                  seed=args.seed, max_negatives=args.max_negatives, instructions=args.instructions)
@@ -77,7 +77,7 @@ def reranker_recipe(args: RerankerTrainingArgs) -> Recipe:
 
 
 def build_dataset(args: RetrieverTrainingArgs):
-    from .data import MBEIRTrainDataset, PairDataset
+    from ..retriever.data import MBEIRTrainDataset, PairDataset
 
     if args.data_kind == "pairs":
         return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
@@ -115,8 +115,8 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
     from torch.utils.data import DataLoader
     from transformers import get_cosine_schedule_with_warmup
 
-    from ..backbone import load_backbone, resolve_dtype
-    from .data import EpochIndexed
+    from ..qwen2vl.backbone import load_backbone, resolve_dtype
+    from ..retriever.data import EpochIndexed
 
     dataset = recipe.dataset
     output = Path(args.output_dir)
@@ -211,8 +211,8 @@ def save_trained(backbone, folder: Path, args) -> None:
 
 
 def _device(args) -> str:
-    from ..backbone import default_device
     from ..distributed import device_for_rank
+    from ..qwen2vl.backbone import default_device
 
     return (device_for_rank(args.device) or default_device()).split(":")[0]
 
