@@ -10,7 +10,7 @@ import pytest
 
 from lamra import InputError, Item
 from lamra.cli import main
-from lamra.items import load_image
+from lamra.qwen2vl.images import load_image
 
 
 @pytest.fixture(scope="module")

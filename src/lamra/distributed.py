@@ -6,28 +6,41 @@ Everything here works unchanged in a single process (rank 0 of 1), so callers ne
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 
 
-def world_size() -> int:
-    import torch.distributed as dist
+def _joined_group():
+    """torch.distributed when a process group exists, else None. Without torch imported there can
+    be no group, so rank checks stay cheap (the CLI makes them before any model loads)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
 
-    if dist.is_available() and dist.is_initialized():
+
+def world_size() -> int:
+    dist = _joined_group()
+    if dist is not None:
         return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _launched_world_size()
 
 
 def rank() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = _joined_group()
+    if dist is not None:
         return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _launched_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), group or no group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
@@ -38,7 +51,7 @@ def device_for_rank(device: str | None = None) -> str | None:
     """``device`` as given; else, under torchrun with GPUs, ``cuda:LOCAL_RANK`` (None: library default)."""
     if device is not None:
         return device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _launched_world_size() > 1:
         import torch
 
         if torch.cuda.is_available():
@@ -52,7 +65,7 @@ def init_process_group(backend: str | None = None, *, hours: float = 24) -> bool
     gloo by default (barriers and CPU gathers work everywhere); nccl when asked, for GPU gathers.
     The long timeout lets a slow rank finish its share of a long job.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _launched_world_size() <= 1:
         return False
     import torch.distributed as dist
 

@@ -20,7 +20,8 @@ from .errors import IncompatibleArtifactError, InputError
 def check_items(path, *, pixel_limit: int | None = None) -> tuple[list, list[dict]]:
     """Read a jsonl of items and open every image once: (good items, bad-line reports)."""
     from .data.jsonl import read_item_lines
-    from .items import DEFAULT_IMAGE_PIXEL_LIMIT, load_image
+    from .qwen2vl.images import load_image
+    from .settings import DEFAULT_IMAGE_PIXEL_LIMIT
 
     pixel_limit = pixel_limit or DEFAULT_IMAGE_PIXEL_LIMIT
 

@@ -12,6 +12,9 @@ An item is an ordered list of parts, each a text string or an image. The usual k
 Plain Python values are accepted wherever items are: a ``str`` is text, a ``pathlib.Path``
 or a PIL image is an image, a dict has ``text`` / ``image`` / ``images`` / ``id`` keys.
 A ``str`` is never guessed to be a path: wrap image paths in ``Path`` or use a dict.
+
+These are plain values: nothing here opens a file. Images are opened by
+:mod:`lamra.qwen2vl.images`, videos sampled and decoded by :mod:`lamra.qwen2vl.video`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ if TYPE_CHECKING:
 
 ImageLike = Union["PILImage.Image", str, os.PathLike]
 
-# A decompression-bomb guard: images above this many pixels are refused before decoding (one
-# number everywhere: the settings' default, which ``--image-pixel-limit`` changes).
-from .settings import DEFAULT_IMAGE_PIXEL_LIMIT  # noqa: E402
+VIDEO_FIELD = "video"  # the field an error about a video names
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,10 @@ class Item:
 
     def __init__(self, text: str | None = None, images: Iterable[ImageLike] = (), id: str | None = None,
                  video: Any = None):
-        if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        if isinstance(images, (str, os.PathLike)) or is_pil_image(images):
             images = [images]
         parts = [*images]
         if video is not None:
-            from .qwen2vl.video import Video
-
             parts.append(video if isinstance(video, Video) else Video.from_value(video))
         if text is not None and text != "":
             parts.append(text)
@@ -97,16 +96,75 @@ class Item:
         return not self.parts or all(isinstance(p, str) and not p.strip() for p in self.parts)
 
 
-def is_video(part: Any) -> bool:
-    """Whether an item part is a :class:`lamra.qwen2vl.video.Video`."""
-    if isinstance(part, (str, os.PathLike)) or _is_pil(part):
-        return False
-    from .qwen2vl.video import Video
+@dataclass(frozen=True)
+class Video:
+    """A video: ``source`` is a file path or a tuple of frames (paths or PIL images).
 
+    ``nframes`` (files only) samples that many evenly spaced frames (rounded to even) instead
+    of ``video_fps`` frames per second. A plain value like :class:`Item`; sampling and
+    decoding are :mod:`lamra.qwen2vl.video`'s.
+    """
+
+    source: Any
+    nframes: int | None = None
+
+    def __post_init__(self):
+        source = self.source
+        if isinstance(source, (str, os.PathLike)):
+            if str(source) == "":
+                raise InputError("empty video path", field=VIDEO_FIELD)
+            object.__setattr__(self, "source", Path(source))
+        elif isinstance(source, (list, tuple)):
+            if not source:
+                raise InputError("empty list of frames", field=VIDEO_FIELD)
+            for number, frame in enumerate(source):
+                if not isinstance(frame, (str, os.PathLike)) and not is_pil_image(frame):
+                    raise InputError(
+                        f"frame {number} must be an image path or a PIL image, got {type(frame).__name__}",
+                        field=VIDEO_FIELD,
+                    )
+            object.__setattr__(self, "source", tuple(Path(f) if isinstance(f, str) else f for f in source))
+        else:
+            raise InputError(
+                f"a video is a file path or a list of frames, got {type(source).__name__}", field=VIDEO_FIELD
+            )
+        if self.nframes is not None:
+            if isinstance(self.nframes, bool) or not isinstance(self.nframes, int) or self.nframes < 1:
+                raise InputError(f"nframes must be a positive integer, got {self.nframes!r}", field=VIDEO_FIELD)
+            if self.is_frame_list:
+                raise InputError("nframes applies to video files; a list of frames is used whole", field=VIDEO_FIELD)
+
+    @classmethod
+    def from_value(cls, value: Any, *, base_dir: str | os.PathLike | None = None,
+                   nframes: int | None = None) -> "Video":
+        """A :class:`Video` from a path (str or Path), a list of frames, or a Video.
+
+        Relative paths (of the file or of the frames) are resolved against ``base_dir``.
+        """
+        if isinstance(value, Video):
+            return value if nframes is None else cls(value.source, nframes=nframes)
+        if isinstance(value, (str, os.PathLike)):
+            return cls(_resolve(value, base_dir) if str(value) else value, nframes=nframes)
+        if isinstance(value, (list, tuple)):
+            frames = tuple(_resolve(f, base_dir) if isinstance(f, (str, os.PathLike)) and str(f) else f
+                           for f in value)
+            return cls(frames, nframes=nframes)
+        raise InputError(
+            f"a video is a file path or a list of frames, got {type(value).__name__}", field=VIDEO_FIELD
+        )
+
+    @property
+    def is_frame_list(self) -> bool:
+        return isinstance(self.source, tuple)
+
+
+def is_video(part: Any) -> bool:
+    """Whether an item part is a :class:`Video`."""
     return isinstance(part, Video)
 
 
-def _is_pil(value: Any) -> bool:
+def is_pil_image(value: Any) -> bool:
+    """Whether ``value`` is a PIL image."""
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -123,7 +181,7 @@ def as_item(value: Any, *, base_dir: str | os.PathLike | None = None) -> Item:
         return value
     if isinstance(value, str):
         return Item(text=value)
-    if isinstance(value, os.PathLike) or _is_pil(value):
+    if isinstance(value, os.PathLike) or is_pil_image(value):
         return Item(images=[value])
     if isinstance(value, dict):
         return _item_from_dict(value, base_dir=base_dir)
@@ -142,7 +200,7 @@ def _item_from_dict(record: dict, *, base_dir) -> Item:
             continue
         values = value if isinstance(value, list) else [value]
         for v in values:
-            if not isinstance(v, str) and not _is_pil(v) and not isinstance(v, os.PathLike):
+            if not isinstance(v, str) and not is_pil_image(v) and not isinstance(v, os.PathLike):
                 raise InputError(f"must be a path string, got {type(v).__name__}", item=item_id, field=field)
             images.append(_resolve(v, base_dir))
     video = record.get("video")
@@ -151,7 +209,7 @@ def _item_from_dict(record: dict, *, base_dir) -> Item:
         if frames is None and not isinstance(video, (str, os.PathLike)):
             raise InputError(f"must be a path string or a list of frame paths, got {type(video).__name__}",
                              item=item_id, field="video")
-        if frames is not None and not all(isinstance(f, (str, os.PathLike)) or _is_pil(f) for f in frames):
+        if frames is not None and not all(isinstance(f, (str, os.PathLike)) or is_pil_image(f) for f in frames):
             raise InputError("a list of frames must hold path strings", item=item_id, field="video")
         video = [_resolve(f, base_dir) for f in frames] if frames is not None else _resolve(video, base_dir)
     else:
@@ -160,101 +218,9 @@ def _item_from_dict(record: dict, *, base_dir) -> Item:
 
 
 def _resolve(path, base_dir):
-    if _is_pil(path):
+    if is_pil_image(path):
         return path
     path = Path(path)
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
     return path
-
-
-def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None):
-    """Open an image as RGB, with a clear error for every way a file can be bad.
-
-    ``pixel_limit`` (``--image-pixel-limit``, :class:`~lamra.settings.ModelSettings`) is the one
-    decompression-bomb limit: PIL's own guard is set to it while opening, so every refusal
-    reports that number. A palette image with transparency goes through RGBA (the same RGB
-    pixels, without PIL's warning).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if _is_pil(image):
-        _check_pixels(image.size, pixel_limit, item=item, name="in-memory image")
-        return _rgb(image)
-    path = Path(image)
-    where = dict(item=item, field="image")
-    if not path.is_file():
-        raise InputError(f"image file not found: {path}", **where)
-    if path.stat().st_size == 0:
-        raise InputError(f"image file is empty (0 bytes): {path}", **where)
-    try:
-        with _open_guarded(path, pixel_limit) as handle:
-            _check_pixels(handle.size, pixel_limit, item=item, name=str(path))
-            handle.load()
-            return _rgb(handle)
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError(f"not a readable image: {path}", **where) from None
-    except Image.DecompressionBombError as exc:
-        raise _over_the_limit(str(path), _pixels_in(exc), None, pixel_limit, item) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"corrupt or truncated image: {path}: {exc}", **where) from None
-
-
-def image_size(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None):
-    """(width, height) from the header only, with the same checks and errors as :func:`load_image`."""
-    if _is_pil(image):
-        _check_pixels(image.size, pixel_limit, item=item, name="in-memory image")
-        return image.size
-    try:
-        with _open_guarded(image, pixel_limit) as handle:
-            size = handle.size
-    except Exception:
-        load_image(image, pixel_limit=pixel_limit, item=item)  # raises the error that names the problem
-        raise
-    _check_pixels(size, pixel_limit, item=item, name=str(image))
-    return size
-
-
-def _check_pixels(size, limit, *, item, name):
-    width, height = size
-    if width * height > limit:
-        raise _over_the_limit(name, width * height, (width, height), limit, item)
-    if width == 0 or height == 0:
-        raise InputError(f"image {name} has zero size", item=item, field="image")
-
-
-def _over_the_limit(name, pixels, size, limit, item) -> InputError:
-    shape = f"{size[0]}x{size[1]} = " if size else ""
-    count = f"{pixels:,}" if pixels is not None else "more than"
-    return InputError(f"image {name} is {shape}{count} pixels, over the limit of {limit:,} (decompression-bomb "
-                      "guard; raise it with --image-pixel-limit if the image is genuine)", item=item, field="image")
-
-
-def _pixels_in(error) -> int | None:
-    """The pixel count in PIL's DecompressionBombError message."""
-    import re
-
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    return int(found.group(1)) if found else None
-
-
-def _open_guarded(path, limit):
-    """``Image.open`` with PIL's guard at ``limit``; its warning is dropped (the caller refuses)."""
-    import warnings
-
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(path)
-
-
-def _rgb(image):
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # the same RGB pixels as a direct convert, without PIL's warning
-    return image.convert("RGB")

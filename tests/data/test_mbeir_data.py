@@ -9,17 +9,15 @@ from pathlib import Path
 import pytest
 
 from lamra.data.mbeir import (
-    BUILTIN_INSTRUCTIONS,
     TASK_MODALITIES,
     TASKS,
     MBEIRLayout,
     iter_candidates,
     iter_queries,
-    load_instructions,
-    read_instructions,
     read_qrels,
     read_queries,
 )
+from lamra.data.mbeir_instructions import BUILTIN_INSTRUCTIONS, load_instructions, read_instructions
 from lamra.data.synthetic import Concept, SynthConfig, render, synthesize
 from lamra.errors import InputError
 

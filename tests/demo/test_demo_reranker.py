@@ -109,7 +109,7 @@ def test_choose_alphas_uses_val_recall_and_prefers_the_retriever_on_ties():
 
 def test_trains_once_then_reuses_the_cache_and_resumes_finished_stages(demo_setup, tmp_path, monkeypatch):
     import lamra.reranker.mining as mining
-    import lamra.training.trainer as trainer
+    import lamra.reranker.trainer as trainer
 
     retriever, data = demo_setup
     monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))

@@ -163,7 +163,8 @@ def test_lamra_eval_mbeir_end_to_end_with_a_tiny_model(tmp_path, tiny_checkpoint
 
 
 def test_queries_are_encoded_with_their_first_instruction(root, tmp_path, tiny_retriever):
-    from lamra.data.mbeir import load_instructions, read_queries
+    from lamra.data.mbeir import read_queries
+    from lamra.data.mbeir_instructions import load_instructions
     from lamra.index import Index
 
     evaluation = evaluate_mbeir(root, tiny_retriever, tmp_path, tasks=["cirr_task7"], show_progress=False)

@@ -91,7 +91,7 @@ def test_real_tokenizer_ids(qwen_tokenizer):
 
 
 def test_emb_token_added_after_last_token(tmp_path, qwen_tokenizer):
-    from lamra.qwen2vl.backbone import load_tokenizer
+    from lamra.qwen2vl.processor import load_tokenizer
 
     qwen_tokenizer.save_pretrained(tmp_path)
     tokenizer = load_tokenizer(tmp_path)
@@ -105,7 +105,7 @@ def test_emb_token_added_after_last_token(tmp_path, qwen_tokenizer):
 def test_pooled_position_is_token_before_emb(tmp_path, qwen_tokenizer):
     import torch
 
-    from lamra.qwen2vl.backbone import load_tokenizer
+    from lamra.qwen2vl.processor import load_tokenizer
     from lamra.retriever.pooling import last_positions, positions_before_token
 
     qwen_tokenizer.save_pretrained(tmp_path)

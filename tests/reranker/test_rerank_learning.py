@@ -36,8 +36,9 @@ def test_a_trained_reranker_raises_held_out_recall_at_1_over_retrieval(tmp_path)
     from lamra.evaluation.mbeir import evaluate_mbeir
     from lamra.evaluation.rerank import rerank_mbeir
     from lamra.reranker.mining import mine
+    from lamra.reranker.trainer import train_reranker
+    from lamra.retriever.trainer import train_retriever
     from lamra.training.args import RerankerTrainingArgs, load_args
-    from lamra.training.trainer import train_reranker, train_retriever
 
     root = tmp_path / "mb"
     synthesize(root, SynthConfig(test_queries=50, train_queries=180, pool_size=60, train_negatives=2, image_size=16))

@@ -19,8 +19,8 @@ def test_training_beats_the_untrained_model_on_every_task_type(tmp_path, small_t
     from lamra.data.synthetic import SynthConfig, synthesize
     from lamra.demo.tiny import save_tiny_checkpoint
     from lamra.evaluation.mbeir import evaluate_mbeir
+    from lamra.retriever.trainer import train_retriever
     from lamra.training.args import load_args
-    from lamra.training.trainer import train_retriever
 
     data = tmp_path / "mb"
     synthesize(data, SynthConfig(test_queries=20, train_queries=40, pool_size=40))

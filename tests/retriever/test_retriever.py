@@ -65,7 +65,7 @@ def test_instruction_changes_query_vector(tiny_retriever):
 
 def test_saved_then_reloaded_model_gives_same_vectors(tmp_path, small_tokenizer, image_files):
     from lamra.demo.tiny import image_processor, save_tiny_checkpoint, tiny_model
-    from lamra.qwen2vl.backbone import load_image_processor
+    from lamra.qwen2vl.processor import load_image_processor
 
     folder = save_tiny_checkpoint(tmp_path / "ckpt", tokenizer=small_tokenizer, seed=3)
     # The same weights in memory, never saved: built again from the seed.

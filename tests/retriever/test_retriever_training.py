@@ -182,8 +182,8 @@ def test_small_recipe_learns_held_out_text_pairs(tmp_path, tiny_checkpoint):
     """
     import random
 
+    from lamra.retriever.trainer import train_retriever
     from lamra.training.args import load_args
-    from lamra.training.trainer import train_retriever
 
     combos = [(c, s) for c in FRENCH_COLOURS for s in FRENCH_SHAPES]
     random.Random(0).shuffle(combos)

@@ -63,7 +63,7 @@ def test_transparent_thumbnails_are_composited_on_white(tiny_retriever, icon_ind
 
 
 def test_palette_transparency_gives_no_warning_and_the_same_pixels(transparent_files, recwarn):
-    from lamra.items import load_image
+    from lamra.qwen2vl.images import load_image
 
     image = load_image(transparent_files["palette"])
     assert not [w for w in recwarn if "Palette images" in str(w.message)]

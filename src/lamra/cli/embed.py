@@ -7,18 +7,7 @@ from typing import Optional
 
 import typer
 
-from .options import (
-    DEVICE,
-    DTYPE,
-    IMAGE_PIXEL_LIMIT,
-    LORA,
-    MAX_PIXELS,
-    MAX_TOKENS,
-    MIN_PIXELS,
-    MODEL,
-    POSITIONS,
-    model_settings,
-)
+from .options import LORA, MODEL, QUIET, ModelOptions, model_options
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +15,7 @@ def register(app: typer.Typer) -> None:
     app.command("prompt")(prompt)
 
 
+@model_options()
 def embed(
     input: Path = typer.Argument(..., help="jsonl file, one {\"id\", \"text\", \"image\"} object a line "
                                            "(image paths relative to the file)."),
@@ -39,14 +29,9 @@ def embed(
     batch_size: int = typer.Option(64, help="Most items in one batch."),
     max_batch_tokens: Optional[int] = typer.Option(None, help="Most padded tokens in one batch "
                                                               "(default: 16384 on GPU, 4096 on CPU)."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    quiet: bool = QUIET,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Embed the items of a jsonl file with a LamRA retriever."""
     from ..embeddings import check_items, save_embeddings
@@ -54,8 +39,7 @@ def embed(
 
     model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    settings = model_options.settings(model)
     good, bad = check_items(input, pixel_limit=settings.image_pixel_limit)
     if bad and not skip_bad:
         for entry in bad[:20]:
@@ -63,7 +47,8 @@ def embed(
         more = " (first 20 shown)" if len(bad) > 20 else ""
         typer.echo(f"{len(bad)} bad line(s){more}; nothing written. Fix them or pass --skip-bad.", err=True)
         raise typer.Exit(2)
-    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
+    retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
+                               settings=settings, quiet=quiet)
     vectors = retriever.encode([item for item in good], instruction, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens or "auto", show_progress=not quiet)
     written = save_embeddings(out, vectors, [item.id for item in good], retriever.fingerprint(), bad=bad)

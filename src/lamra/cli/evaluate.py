@@ -1,17 +1,23 @@
-"""``lamra eval mbeir`` and ``lamra eval zeroshot``."""
+"""``lamra eval mbeir`` and ``lamra eval zeroshot``.
+
+What an M-BEIR evaluation runs (retrieval, or the stored runs alone, then reranking) is
+:mod:`lamra.evaluation.workflow`'s; here are the options, the models to load and the tables.
+"""
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..distributed import is_main_process
 from ..errors import InputError
+from ..evaluation import RETRIEVAL_TOP_K
+from ..pipeline import RERANK_TOP_K
 from .models import resolve_model
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, POSITIONS,
-                      RERANK_SCORES, model_settings, rerank_options_without_rerank)
+from .options import LORA, RERANK_LORA, ModelOptions, model_options, rerank_options_without_rerank
 
 eval_app = typer.Typer(help="Evaluate a retriever: M-BEIR (local / global pools) or a zero-shot folder.",
                        no_args_is_help=True)
@@ -53,11 +59,8 @@ def _task_names(values: Optional[list[str]]) -> list[str] | None:
     return names or None
 
 
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @eval_app.command("mbeir")
+@model_options(rerank_scores=True)
 def mbeir(
     root: Path = typer.Argument(..., help="M-BEIR root (query/, cand_pool/, qrels/, instructions/, images)."),
     model: Optional[str] = MODEL,
@@ -77,7 +80,7 @@ def mbeir(
                                                            "be read, count them and list them in results.json (a "
                                                            "left-out query counts as a miss) instead of stopping."),
     split: str = typer.Option("test", help="Query split."),
-    top_k: int = typer.Option(50, help="Candidates retrieved per query (and written to the run files)."),
+    top_k: int = typer.Option(RETRIEVAL_TOP_K, help="Candidates retrieved per query (and written to the run files)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for the reports, runs and "
                                                                  "embeddings (default ./lamra-eval/mbeir-POOL)."),
     cache_dir: Optional[Path] = CACHE_DIR,
@@ -86,22 +89,16 @@ def mbeir(
     shard_size: int = typer.Option(1024, help="Items per checkpointed shard of an encoding: an interrupted run "
                                               "resumes from its last shard; under torchrun the shards are shared "
                                               "out."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): rerank each "
                                                                 "query's stored top --rerank-top-k, fuse, and show "
                                                                 "Ret and Ret+Rank side by side. Without --model / "
                                                                 "--baseline, the runs of the evaluation already in "
                                                                 "--out are reranked."),
-    rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
-    rerank_top_k: int = typer.Option(50, "--rerank-top-k", min=1, help="Retrieved candidates reranked per query "
-                                                                        "(LamRA: 50; at most --top-k)."),
+    rerank_lora: Optional[Path] = RERANK_LORA,
+    rerank_top_k: int = typer.Option(RERANK_TOP_K, "--rerank-top-k", min=1,
+                                     help=f"Retrieved candidates reranked per query (LamRA: {RERANK_TOP_K}; at "
+                                          "most --top-k)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
                                           help="Fusion weight for every task: alpha * retrieval + (1 - alpha) * "
                                                "rerank (default: the released per-task weights: 0.5, but 2/3 for "
@@ -109,7 +106,8 @@ def mbeir(
     listwise: bool = typer.Option(False, "--listwise", help="Listwise reranking instead of pointwise P(Yes)."),
     rerank_batch_size: Optional[int] = typer.Option(None, "--rerank-batch-size", min=1,
                                                      help="Candidates per reranker forward (default: 64 on a GPU, 16 on the CPU)."),
-    rerank_scores: Optional[str] = RERANK_SCORES,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Evaluate on M-BEIR: a per-task table (the paper's Table 2), TREC runs, cached embeddings.
 
@@ -123,8 +121,11 @@ def mbeir(
 
     from ..data.mbeir import describe_pool, resolve_pool
     from ..data.mbeir_instructions import INSTRUCTION_CHOICES
-    from ..evaluation.mbeir import evaluate_mbeir, oracle_positives
+    from ..evaluation.mbeir import oracle_positives
     from ..evaluation.report import rich_table
+    from ..evaluation.workflow import Reranking, StoredEvaluationError, evaluate_and_rerank
+    from ..pipeline import LISTWISE, POINTWISE
+    from .models import check_sources, load_reranker
 
     try:
         pool = resolve_pool(pool)
@@ -134,43 +135,48 @@ def mbeir(
         raise typer.BadParameter(f"'first' or 'random', not {instructions!r}", param_hint="--instructions")
     names = _task_names(tasks)
     out = out or Path("lamra-eval") / f"mbeir-{pool}"
-    reranking = _rerank_options(rerank, rerank_lora=rerank_lora, alpha=alpha, listwise=listwise,
-                                rerank_scores=rerank_scores, rerank_top_k=rerank_top_k, top_k=top_k)
-    console = Console(stderr=True, quiet=quiet or not _is_rank_zero())
-    # The reranker's settings: its own folder's, with the options given (positions do not apply: M-RoPE).
-    rerank_settings = dict(max_pixels=max_pixels, min_pixels=min_pixels, max_tokens=max_tokens,
-                           image_pixel_limit=image_pixel_limit, rerank_scores=rerank_scores)
-    if reranking and model is None and baseline is None:  # rerank the runs already in --out
-        _check_stored(out, root, pool=pool, split=split, instructions=instructions, seed=seed,
-                      rerank_top_k=rerank_top_k)
-        console.print(f"output folder: {out.resolve()} (reranking its stored runs)", markup=False,
-                      highlight=False, soft_wrap=True)
-        _rerank_and_report(out, root, names, console, model=rerank, lora=rerank_lora, device=device, dtype=dtype,
-                           top_k=rerank_top_k, alpha=alpha, listwise=listwise, batch_size=rerank_batch_size,
-                           quiet=quiet, settings=rerank_settings)
+    reranking = None
+    if _rerank_options(rerank, rerank_lora=rerank_lora, alpha=alpha, listwise=listwise,
+                       rerank_scores=model_options.rerank_scores, rerank_top_k=rerank_top_k, top_k=top_k):
+        def load_rerank_model():
+            # Its own folder's settings, with the options given (positions do not apply: M-RoPE).
+            return load_reranker(rerank, lora=rerank_lora, device=model_options.device, dtype=model_options.dtype,
+                                 settings=model_options.reranker_settings(rerank), quiet=quiet)
+
+        reranking = Reranking(load_rerank_model, top_k=rerank_top_k, alpha=alpha,
+                              mode=LISTWISE if listwise else POINTWISE, batch_size=rerank_batch_size)
+    console = Console(stderr=True, quiet=quiet or not is_main_process())
+    encoder = None  # --rerank without --model / --baseline: the runs already in --out are reranked
+    if reranking is None or model is not None or baseline is not None:
+        if model is None and baseline is None:  # lamra's default model (it says so)
+            model, lora = resolve_model(None, lora)
+        settings = model_options.settings(model)
+        if reranking:
+            check_sources(rerank, rerank_lora)  # a wrong --rerank fails before the retrieval runs
+        encoder = partial(_encoder, model, lora, baseline, model_options.device, model_options.dtype,
+                          positives=lambda: oracle_positives(root, names, split), settings=settings, quiet=quiet)
+
+    def started(stored: bool) -> None:
+        console.print(f"output folder: {out.resolve()}" + (" (reranking its stored runs)" if stored else ""),
+                      markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        outcome = evaluate_and_rerank(
+            root, out, encoder=encoder, rerank=reranking, tasks=names, pool=pool, split=split,
+            instructions=instructions, seed=seed, show_progress=not quiet, started=started,
+            announce=lambda message: console.print(message, style="dim"), top_k=top_k, cache_dir=cache_dir,
+            index_dtype=index_dtype, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size)
+    except StoredEvaluationError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
+    results = outcome.retrieval
+    if results is None:  # only the stored runs were reranked
+        _print_reranked(outcome, out, top_k=rerank_top_k, alpha=alpha)
         typer.echo(f"nothing encoded; wrote results.json, results.csv, results.md and runs/ to {out.resolve()}")
         return
-    if model is None and baseline is None:  # lamra's default model (it says so)
-        model, lora = resolve_model(None, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
-    if reranking:
-        _check_sources(rerank, rerank_lora)  # a wrong --rerank fails before the retrieval runs
-    encoder = _encoder(model, lora, baseline, device, dtype, positives=lambda: oracle_positives(root, names, split),
-                       settings=settings, quiet=quiet)
-    console.print(f"output folder: {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
-    results = evaluate_mbeir(root, encoder, out, tasks=names, pool=pool, split=split, top_k=top_k,
-                             cache_dir=cache_dir, index_dtype=index_dtype, batch_size=batch_size,
-                             show_progress=not quiet, announce=lambda message: console.print(message, style="dim"),
-                             instructions=instructions, seed=seed, skip_bad=skip_bad, shard_size=shard_size)
-    if not _is_rank_zero():
-        return
-    if reranking:
-        del encoder  # the retriever leaves memory before the reranker loads
-        _free_accelerator_memory()
-        _rerank_and_report(out, root, names, console, model=rerank, lora=rerank_lora, device=device, dtype=dtype,
-                           top_k=rerank_top_k, alpha=alpha, listwise=listwise, batch_size=rerank_batch_size,
-                           quiet=quiet, settings=rerank_settings)
+    if not is_main_process():
+        return  # the other processes shared the encoding; the first one reports
+    if outcome.reranked is not None:
+        _print_reranked(outcome, out, top_k=rerank_top_k, alpha=alpha)
     else:
         Console().print(rich_table(results.results, f"M-BEIR, {pool} pool ({split})"))
     typer.echo(f"pool: {pool}, {describe_pool(pool, split)}")
@@ -197,66 +203,13 @@ def _rerank_options(rerank, *, rerank_lora, alpha, listwise, rerank_scores, rera
     return True
 
 
-def _check_stored(out: Path, root: Path, *, pool: str, split: str, instructions: str, seed: int,
-                  rerank_top_k: int) -> None:
-    """--rerank alone: the evaluation in --out must be the one these options describe."""
-    from ..evaluation.rerank import read_evaluation
-
-    try:
-        report = read_evaluation(out)
-    except InputError as exc:
-        raise typer.BadParameter(f"no evaluation to rerank in {out} ({exc}): give --model (or --baseline) to run "
-                                 "the retrieval first, or --out with an earlier evaluation",
-                                 param_hint="--rerank") from None
-    stored_choice = report.get("instruction_choice", "first")
-    stored_seed = report.get("instruction_seed") or 0
-    mismatches = [(option, given, stored) for option, given, stored in (
-        ("--pool", pool, report["pool"]), ("--split", split, report["split"]),
-        ("--instructions", instructions, stored_choice),
-        ("--seed", seed if instructions == "random" else 0, stored_seed if stored_choice == "random" else 0))
-        if given != stored]
-    if Path(report["root"]).resolve() != root.resolve():
-        mismatches.append(("ROOT", str(root), report["root"]))
-    if mismatches:
-        said = "; ".join(f"{option} {stored} there, {given} here" for option, given, stored in mismatches)
-        raise typer.BadParameter(f"{out} holds another evaluation ({said}): pass the same options, or --model to "
-                                 "evaluate again", param_hint="--rerank")
-    if rerank_top_k > int(report["top_k"]):
-        raise typer.BadParameter(f"the stored runs hold the top {report['top_k']} per query; {rerank_top_k} is "
-                                 "more", param_hint="--rerank-top-k")
-
-
-def _check_sources(model, lora) -> None:
-    from .models import check_sources
-
-    check_sources(model, lora)
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-    import sys
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _rerank_and_report(out: Path, root: Path, names, console, *, model, lora, device, dtype, top_k, alpha, listwise,
-                       batch_size, quiet, settings: dict) -> None:
-    """Load the reranker, rerank the stored runs in ``out``, print Ret and Ret+Rank side by side."""
+def _print_reranked(outcome, out: Path, *, top_k: int, alpha) -> None:
+    """Ret and Ret+Rank side by side, and what the reranking did."""
     from rich.console import Console
 
-    from ..evaluation.rerank import read_evaluation, rerank_mbeir
     from ..evaluation.report import rich_side_by_side
-    from .models import load_reranker
 
-    report = read_evaluation(out)
-    reranker = load_reranker(model, lora=lora, device=device, dtype=dtype, settings=model_settings(model, **settings),
-                             quiet=quiet)
-    results = rerank_mbeir(out, reranker, root=root, tasks=names, top_k=top_k, alpha=alpha,
-                           mode="listwise" if listwise else "pointwise", batch_size=batch_size,
-                           show_progress=not quiet, announce=lambda message: console.print(message, style="dim"))
+    results, report = outcome.reranked, outcome.evaluation
     Console().print(rich_side_by_side(results.retrieval, results.reranked,
                                       f"M-BEIR, {report['pool']} pool ({report['split']}): Ret and Ret+Rank"))
     typer.echo(f"reranked the top {top_k} ({results.mode}); alpha: "
@@ -266,6 +219,7 @@ def _rerank_and_report(out: Path, root: Path, names, console, *, model, lora, de
 
 
 @eval_app.command("zeroshot")
+@model_options()
 def zeroshot(
     data: Path = typer.Argument(..., help="Folder with queries.jsonl, candidates.jsonl and qrels.txt "
                                           "(see docs/mbeir.md)."),
@@ -281,14 +235,9 @@ def zeroshot(
     cache_dir: Optional[Path] = CACHE_DIR,
     index_dtype: str = INDEX_DTYPE,
     batch_size: Optional[int] = BATCH_SIZE,
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Evaluate on a zero-shot folder (Flickr30K-, CIRCO-, CC-Neg-style data in lamra's plain layout)."""
     from rich.console import Console
@@ -300,10 +249,9 @@ def zeroshot(
     out = out or Path("lamra-eval") / f"zeroshot-{data.name}"
     if model is None and baseline is None:  # lamra's default model (it says so)
         model, lora = resolve_model(None, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
-    encoder = _encoder(model, lora, baseline, device, dtype, positives=lambda: read_qrels(data / QRELS).positives,
-                       settings=settings, quiet=quiet)
+    settings = model_options.settings(model)
+    encoder = _encoder(model, lora, baseline, model_options.device, model_options.dtype,
+                       positives=lambda: read_qrels(data / QRELS).positives, settings=settings, quiet=quiet)
     results = evaluate_zeroshot(data, encoder, out, metrics=_task_names(metrics), instruction=instruction,
                                 top_k=top_k, cache_dir=cache_dir, index_dtype=index_dtype, batch_size=batch_size,
                                 show_progress=not quiet)

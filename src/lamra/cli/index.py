@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import (DEVICE, DTYPE, IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, MAX_PIXELS, MAX_TOKENS, MIN_PIXELS, MODEL, POSITIONS,
-                      RERANK_SCORES, model_settings, rerank_options_without_rerank)
+from ..distributed import rank
+from ..pipeline import RERANK_TOP_K
+from .options import (BATCH_SIZE, INDEX_MODEL, LORA, MODEL, QUIET, RERANK_LORA, SHARD_SIZE, ModelOptions,
+                      model_options, rerank_options_without_rerank)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
 
@@ -23,11 +24,7 @@ MBEIR_ROOT = typer.Option(None, "--mbeir-root", help="M-BEIR root (image paths o
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Index the good items and list the bad ones, instead of "
                                                   "stopping (without it, every bad line is listed and nothing "
                                                   "is indexed).")
-SHARD_SIZE = typer.Option(1024, "--shard-size", help="Items per checkpointed shard.")
-BATCH_SIZE = typer.Option(64, "--batch-size", help="Most items in one forward pass.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 INDEX = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build).")
-DEFAULT_RERANK_TOP_K = 50  # LamRA reranks the retriever's top 50 (spec section 5); lamra.pipeline.DEFAULT_TOP_K
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +33,7 @@ def register(app: typer.Typer) -> None:
 
 
 @index_app.command("build")
+@model_options()
 def build(
     collection: Path = COLLECTION,
     model: Optional[str] = MODEL,
@@ -54,14 +52,9 @@ def build(
     skip_bad: bool = SKIP_BAD,
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Encode a collection into an index folder, in checkpointed shards.
 
@@ -75,11 +68,11 @@ def build(
 
     model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    settings = model_options.settings(model)
     items = _open_collection(collection, kind, mbeir_root, skip_bad)
     _announce_resume(out / WORK, "build", [record["id"] for record in items.records])
-    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
+    retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
+                               settings=settings, quiet=quiet)
     params = {"nlist": nlist, "nprobe": nprobe, "M": hnsw_m, "ef_construction": ef_construction,
               "ef_search": ef_search, "encoding": encoding}
     params = {k: v for k, v in params.items() if v is not None}
@@ -89,7 +82,7 @@ def build(
                             batch_size=batch_size, **params)
     except ValueError as exc:
         _usage_error(exc)
-    if _rank() == 0:
+    if rank() == 0:
         record_model(out, model, lora)
         skipped = _record_skipped_lines(out, items.bad)
         typer.echo(f"indexed {len(index)} items ({index.manifest['backend']}, dimension {index.dim}) in {out}"
@@ -97,6 +90,7 @@ def build(
 
 
 @index_app.command("add")
+@model_options()
 def add(
     index_path: Path = INDEX,
     collection: Path = COLLECTION,
@@ -108,14 +102,9 @@ def add(
     skip_bad: bool = SKIP_BAD,
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
     quiet: bool = QUIET,
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Append the items of a collection to an index (resumable like build)."""
     from ..index import Index
@@ -124,17 +113,17 @@ def add(
 
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    settings = model_options.settings(model)
     index = Index.open(index_path)
     items = _open_collection(collection, kind, mbeir_root, skip_bad)
     ids = [record["id"] for record in items.records]
     _announce_resume(index_path / WORK, "add", [i for i in ids if i not in index] if skip_existing else ids)
-    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
+    retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
+                               settings=settings, quiet=quiet)
     before = len(index)
     index.add(items.records, retriever, show_progress=not quiet, shard_size=shard_size, skip_bad=skip_bad,
               skip_existing=skip_existing, batch_size=batch_size)
-    if _rank() == 0:
+    if rank() == 0:
         _record_skipped_lines(index_path, items.bad)
         typer.echo(f"added {len(index) - before} items; {index_path} now holds {len(index)}")
 
@@ -176,6 +165,7 @@ def info(
         typer.echo(f"skipped: {entry['error']}")
 
 
+@model_options(rerank_scores=True)
 def search(
     index_path: Path = INDEX,
     text: Optional[str] = typer.Option(None, "--text", "-t", help="Query text."),
@@ -188,9 +178,9 @@ def search(
     lora: Optional[Path] = LORA,
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): hub id or folder. "
                                                                 "The top --top-k hits are reranked and fused."),
-    rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
-    top_k: int = typer.Option(DEFAULT_RERANK_TOP_K, "--top-k", min=1,
-                              help="With --rerank: retrieved candidates the reranker scores (LamRA: 50)."),
+    rerank_lora: Optional[Path] = RERANK_LORA,
+    top_k: int = typer.Option(RERANK_TOP_K, "--top-k", min=1,
+                              help=f"With --rerank: retrieved candidates the reranker scores (LamRA: {RERANK_TOP_K})."),
     alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
                                           help="With --rerank: fused = alpha * retrieval + (1 - alpha) * rerank "
                                                "(default 0.5)."),
@@ -200,14 +190,8 @@ def search(
     nprobe: Optional[int] = typer.Option(None, help="ivf: lists visited (overrides the index's setting)."),
     ef_search: Optional[int] = typer.Option(None, help="hnsw: search beam width (overrides the index's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
-    rerank_scores: Optional[str] = RERANK_SCORES,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Search an index with a text and / or image query; with --rerank, rerank the top hits and fuse.
 
@@ -215,48 +199,48 @@ def search(
     the listwise odds against the chosen candidate) and fused, which orders the results.
     """
     from ..index import Index
-    from ..items import Item, image_size
+    from ..items import Item
+    from ..pipeline import LISTWISE, POINTWISE, Hit, Pipeline
+    from ..qwen2vl.images import image_size
     from .models import check_sources, load_reranker, load_retriever, resolve_model
 
     if text is None and image is None:
         _usage_error("give --text and/or --image")
     unused = None if rerank is not None else rerank_options_without_rerank(
-        rerank_lora=rerank_lora, alpha=alpha, listwise=listwise, rerank_scores=rerank_scores)
+        rerank_lora=rerank_lora, alpha=alpha, listwise=listwise, rerank_scores=model_options.rerank_scores)
     if unused:
         _usage_error(unused)
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
     if rerank is not None:
         check_sources(rerank, rerank_lora)  # a wrong --rerank fails before anything loads
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    settings = model_options.settings(model)
     if image is not None:
         with _query_image_errors():  # a bad --image fails before a model loads
             image_size(image, pixel_limit=settings.image_pixel_limit)
-    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings)
+    retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
+                               settings=settings)
     index = Index.open(index_path, expect=retriever.fingerprint())
+    pipeline = Pipeline(retriever, index, top_k=top_k, alpha=alpha, mode=LISTWISE if listwise else POINTWISE)
     query = Item(text=text, images=[image] if image else [], id="query")
     with _query_image_errors():
-        vectors = retriever.encode([query], instruction, show_progress=False)
+        vectors = pipeline.encode([query], instruction)
     overrides = {k_: v for k_, v in {"nprobe": nprobe, "ef_search": ef_search}.items() if v is not None}
-    depth = max(k, top_k) if rerank is not None else k
     try:
-        scores, ids = index.search(vectors, depth, **overrides)
+        [found] = pipeline.nearest(vectors, pipeline.depth(k, reranking=rerank is not None), **overrides)
     except ValueError as exc:
         _usage_error(exc)
-    found = [(item_id, float(score)) for item_id, score in zip(ids[0], scores[0])]
     fused_with = None
     if rerank is None:
-        from ..pipeline import Hit
-
         ranked = [Hit(item_id, score) for item_id, score in found]
     else:
-        rerank_settings = model_settings(rerank, max_pixels=max_pixels, min_pixels=min_pixels,
-                                         max_tokens=max_tokens, image_pixel_limit=image_pixel_limit,
-                                         rerank_scores=rerank_scores)
-        reranker = load_reranker(rerank, lora=rerank_lora, device=device, dtype=dtype, settings=rerank_settings)
-        ranked, fused_with = _rerank(reranker, query, found, index, top_k=top_k, alpha=alpha,
-                                     listwise=listwise, instruction=instruction)
+        # The reranker loads once the retrieval is done (a bad --nprobe fails before it).
+        pipeline.reranker = load_reranker(rerank, lora=rerank_lora, device=model_options.device,
+                                          dtype=model_options.dtype, settings=model_options.reranker_settings(rerank))
+        # (The query image was read by the retriever already: an image error here is a candidate's.)
+        ranked = pipeline.rerank(query, found, instruction=instruction)
+        fused_with = {"model": pipeline.reranker.fingerprint().get("model"), "mode": pipeline.mode,
+                      "alpha": pipeline.alpha_for(), "top_k": min(top_k, len(found))}
     hits = [_hit_record(n, hit, index.metadata(hit.id), reranked=rerank is not None)
             for n, hit in enumerate(ranked[:k])]
     if as_json:
@@ -269,19 +253,6 @@ def search(
     _print_hits(hits, f"top {len(hits)} of {len(index)} in {index_path}"
                 + (f", top {fused_with['top_k']} reranked ({fused_with['mode']}, alpha {fused_with['alpha']:g})"
                    if fused_with else ""), reranked=fused_with is not None)
-
-
-def _rerank(reranker, query, found, index, *, top_k, alpha, listwise, instruction):
-    """The pipeline's rerank + fusion of the retrieved ``found`` [(id, score)], and what was used."""
-    from ..pipeline import alpha_for, item_from_metadata, rerank_hits
-
-    mode = "listwise" if listwise else "pointwise"
-    weight = alpha_for(alpha)
-    # (The query image was read by the retriever already: an image error here is a candidate's.)
-    ranked = rerank_hits(reranker, query, found, lambda item_id: item_from_metadata(index.metadata(item_id)),
-                         top_k=top_k, alpha=weight, mode=mode, instruction=instruction)
-    return ranked, {"model": reranker.fingerprint().get("model"), "mode": mode, "alpha": weight,
-                    "top_k": min(top_k, len(found))}
 
 
 def _hit_record(position: int, hit, meta: dict, *, reranked: bool) -> dict:
@@ -361,7 +332,7 @@ def _announce_resume(work: Path, kind: str, ids: list[str]) -> None:
         if shard.with_suffix(".npy").is_file():
             record = json.loads(shard.read_text())
             done += len(record.get("ids", [])) + len(record.get("bad", []))
-    if _rank() == 0:
+    if rank() == 0:
         typer.echo(f"resuming: {done} of {plan.get('count', len(ids))} items already indexed", err=True)
 
 
@@ -393,10 +364,6 @@ def _report_bad_lines(bad: list[dict]) -> None:
         typer.echo(f"skipped: {entry['error']}", err=True)
     if len(bad) > 20:
         typer.echo(f"... {len(bad) - 20} more bad line(s) skipped", err=True)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def _short(text: str | None, limit: int = 120) -> str:

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import (
-    DEVICE,
-    DTYPE,
-    IMAGE_PIXEL_LIMIT,
-    LORA,
-    MAX_PIXELS,
-    MAX_TOKENS,
-    MIN_PIXELS,
-    MODEL,
-    POSITIONS,
-    model_settings,
-)
+from ..distributed import is_main_process
+from .options import BATCH_SIZE, LORA, MODEL, QUIET, SHARD_SIZE, ModelOptions, model_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("mine")(mine)
 
 
+@model_options()
 def mine(
     model: str = MODEL,
     data: Path = typer.Option(..., "--data", help="M-BEIR root (query/union_train or query/train, and "
@@ -43,16 +33,11 @@ def mine(
                                                                      "A query line's own 'instruction' wins."),
     seed: int = typer.Option(0, help="Seed of --instructions random."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
-    shard_size: int = typer.Option(1024, "--shard-size", help="Items per checkpointed shard."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Most items in one forward pass."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT,
+    shard_size: int = SHARD_SIZE,
+    batch_size: int = BATCH_SIZE,
+    quiet: bool = QUIET,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Embed the training queries with a retriever and store each one's top-k, its positives and
     its negatives (the top-k minus the positives), for `lamra train reranker`.
@@ -64,20 +49,19 @@ def mine(
     from .models import check_sources, load_retriever
 
     check_sources(model, lora)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    settings = model_options.settings(model)
     # Bad data fails here, in one line, before the model loads.
     plan = plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
-    rank = int(os.environ.get("RANK", "0"))
-    if work_folder(out).is_dir() and rank == 0:
+    if work_folder(out).is_dir() and is_main_process():
         typer.echo(f"resuming the interrupted run in {work_folder(out)}", err=True)
-    retriever = load_retriever(model, lora=lora, device=device, dtype=dtype, settings=settings, quiet=quiet)
+    retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
+                               settings=settings, quiet=quiet)
     from ..reranker.mining import mine as run
 
     summary = run(retriever, data, out, k=k, queries=queries, pool=pool, pools=pools, instructions=instructions,
                   seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force,
                   plan=plan)
-    if rank != 0:
+    if not is_main_process():
         return
     typer.echo(f"{'task':<24}{'queries':>8}{'pool':>9}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     for name, stats in summary.tasks.items():

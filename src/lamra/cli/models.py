@@ -3,10 +3,9 @@ loading, and the warning for an untrained model (shared by every command that ta
 
 from __future__ import annotations
 
-import os
-
 import typer
 
+from ..distributed import device_for_rank, is_main_process
 from ..settings import ModelSettings
 from .runtime import quiet_model_loading
 
@@ -36,7 +35,7 @@ def load_retriever(model, *, lora=None, device=None, dtype=None, settings: Model
     _before_loading(model, lora, quiet)
     from ..retriever.model import Retriever  # (torch: after the cheap checks)
 
-    return Retriever.from_pretrained(model, lora=lora, device=_device(device), dtype=dtype, settings=settings)
+    return Retriever.from_pretrained(model, lora=lora, device=device_for_rank(device), dtype=dtype, settings=settings)
 
 
 def load_reranker(model, *, lora=None, device=None, dtype=None, settings: ModelSettings | None = None,
@@ -45,7 +44,7 @@ def load_reranker(model, *, lora=None, device=None, dtype=None, settings: ModelS
     _before_loading(model, lora, quiet)
     from ..reranker.model import Reranker
 
-    return Reranker.from_pretrained(model, lora=lora, device=_device(device), dtype=dtype, settings=settings)
+    return Reranker.from_pretrained(model, lora=lora, device=device_for_rank(device), dtype=dtype, settings=settings)
 
 
 def warn_if_untrained(model) -> bool:
@@ -69,16 +68,6 @@ def check_sources(model, lora=None) -> None:
 
 def _before_loading(model, lora, quiet: bool) -> None:
     check_sources(model, lora)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():  # under torchrun, one warning, not one per process
         warn_if_untrained(model)
     quiet_model_loading(show_downloads=not quiet)
-
-
-def _device(device):
-    """Under torchrun, each process takes the GPU of its LOCAL_RANK (unless --device says)."""
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device

@@ -1,19 +1,25 @@
 """Options shared by several commands (one definition, one help text).
 
-The model settings (``--max-pixels`` ... ``--image-pixel-limit``, and ``--rerank-scores`` where a
-reranker loads) are declared once here; a command lists them as parameters named like the
-:class:`~lamra.settings.ModelSettings` fields and passes them to :func:`model_settings`::
+The model options (``--device``, ``--dtype``, ``--max-pixels`` ... ``--image-pixel-limit``, and
+``--rerank-scores`` where a reranker loads) are one group, :class:`ModelOptions`. The
+:func:`model_options` decorator adds the group to a command's options and hands the command
+their values as one ``model_options`` argument::
 
-    def cmd(..., max_pixels: Optional[int] = MAX_PIXELS, min_pixels: Optional[int] = MIN_PIXELS,
-            positions: Optional[str] = POSITIONS, max_tokens: Optional[int] = MAX_TOKENS,
-            image_pixel_limit: Optional[int] = IMAGE_PIXEL_LIMIT):
-        settings = model_settings(max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                                  max_tokens=max_tokens, image_pixel_limit=image_pixel_limit)
+    @model_options()
+    def cmd(model: Optional[str] = MODEL, *, model_options: ModelOptions) -> None:
+        settings = model_options.settings(model)
+        retriever = load_retriever(model, device=model_options.device, dtype=model_options.dtype,
+                                   settings=settings)
 
 Options left out keep the settings' defaults (None means "not given").
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, fields
+from typing import Optional
 
 import typer
 
@@ -26,6 +32,10 @@ MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id (o
 INDEX_MODEL = typer.Option(None, "--model", "-m", help="Qwen2-VL checkpoint: hub id (owner/name) or local folder "
                                                       "(default: the model the index was built with).")
 LORA = typer.Option(None, "--lora", help="LoRA adapter folder (peft) put on top of the model.")
+RERANK_LORA = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+SHARD_SIZE = typer.Option(1024, "--shard-size", help="Items per checkpointed shard.")
+BATCH_SIZE = typer.Option(64, "--batch-size", help="Most items in one forward pass.")
 DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 DTYPE = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).")
 
@@ -48,6 +58,84 @@ RERANK_SCORES = typer.Option(None, "--rerank-scores", help=f"Reranker scores: {'
                                                            f"(default {_DEFAULTS.rerank_scores}: the checkpoint's "
                                                            "repetition penalty on the Yes / No logits, as the "
                                                            "released evaluation; raw: the logits as they are).")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options of one command (None: not given, so the model's settings or the
+    library's default apply). ``rerank_scores`` is None in commands without that option."""
+
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    max_pixels: Optional[int] = None
+    min_pixels: Optional[int] = None
+    positions: Optional[str] = None
+    max_tokens: Optional[int] = None
+    image_pixel_limit: Optional[int] = None
+    rerank_scores: Optional[str] = None
+
+    def settings(self, model=None, *, rerank_scores: bool = False) -> ModelSettings:
+        """A retriever's settings: the model's own, with the options given on top (and the
+        ``--rerank-scores`` mode with ``rerank_scores``, for a server that hands it to its reranker)."""
+        extra = {"rerank_scores": self.rerank_scores} if rerank_scores else {}
+        return model_settings(model, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
+                              positions=self.positions, max_tokens=self.max_tokens,
+                              image_pixel_limit=self.image_pixel_limit, **extra)
+
+    def reranker_settings(self, model) -> ModelSettings:
+        """A reranker's settings: its folder's, with the options given and the ``--rerank-scores``
+        mode; not ``--positions`` (the reranker reads M-RoPE positions)."""
+        return model_settings(model, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
+                              max_tokens=self.max_tokens, image_pixel_limit=self.image_pixel_limit,
+                              rerank_scores=self.rerank_scores)
+
+
+# Each field of the group: its type, as typer reads it, and its option.
+_GROUP = {
+    "device": (Optional[str], DEVICE),
+    "dtype": (Optional[str], DTYPE),
+    "max_pixels": (Optional[int], MAX_PIXELS),
+    "min_pixels": (Optional[int], MIN_PIXELS),
+    "positions": (Optional[str], POSITIONS),
+    "max_tokens": (Optional[int], MAX_TOKENS),
+    "image_pixel_limit": (Optional[int], IMAGE_PIXEL_LIMIT),
+    "rerank_scores": (Optional[str], RERANK_SCORES),
+}
+assert list(_GROUP) == [field.name for field in fields(ModelOptions)]
+
+
+def model_options(*, rerank_scores: bool = False, **replaced):
+    """Decorator: the command takes the model options (``--rerank-scores`` too with
+    ``rerank_scores``) and receives them as one keyword argument ``model_options: ModelOptions``.
+
+    typer reads a command's signature, so the decorated command shows the group's parameters in
+    place of ``model_options`` (after its own options). ``replaced`` gives one command its own
+    declaration of an option (``image_pixel_limit=typer.Option(...)``: another help text).
+    """
+    names = [name for name in _GROUP if rerank_scores or name != "rerank_scores"]
+    unknown = set(replaced) - set(names)
+    if unknown:
+        raise TypeError(f"not model options of this command: {sorted(unknown)}")
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        own = [parameter for parameter in signature.parameters.values() if parameter.name != "model_options"]
+        if len(own) == len(signature.parameters):
+            raise TypeError(f"{command.__name__} needs a keyword-only parameter model_options")
+        group = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_GROUP[name][0],
+                                   default=replaced.get(name, _GROUP[name][1])) for name in names]
+
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            values = {name: kwargs.pop(name, None) for name in names}
+            return command(*args, model_options=ModelOptions(**values), **kwargs)
+
+        run.__signature__ = signature.replace(parameters=own + group)
+        annotations = {k: v for k, v in command.__annotations__.items() if k != "model_options"}
+        run.__annotations__ = {**annotations, **{name: _GROUP[name][0] for name in names}}
+        return run
+
+    return decorate
 
 
 def rerank_options_without_rerank(*, rerank_lora, alpha, listwise: bool, rerank_scores) -> str | None:

@@ -10,37 +10,31 @@ from typing import Optional
 import typer
 
 from ..serving.limits import ServeConfig
-from .options import (
-    DEVICE,
-    DTYPE,
-    IMAGE_PIXEL_LIMIT,
-    INDEX_MODEL,
-    LORA,
-    MAX_PIXELS,
-    MAX_TOKENS,
-    MIN_PIXELS,
-    POSITIONS,
-    RERANK_SCORES,
-    model_settings,
-)
+from .options import IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, RERANK_LORA, ModelOptions, model_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
+# The server also caps uploaded query images with --image-pixel-limit: its help says so.
+SERVE_IMAGE_PIXEL_LIMIT = typer.Option(
+    None, "--image-pixel-limit", min=1,
+    help=IMAGE_PIXEL_LIMIT.help + " Given, it also caps uploaded query images (otherwise "
+                                  f"{ServeConfig().max_image_pixels}).")
+
+
+@model_options(rerank_scores=True, image_pixel_limit=SERVE_IMAGE_PIXEL_LIMIT)
 def serve(
     index: Path = typer.Argument(..., metavar="INDEX", help="Index folder (made by lamra index build)."),
     model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Reranker checkpoint (LamRA-Rank): hub id or "
                                                                 "folder. Without it, rerank requests get a 400."),
-    rerank_lora: Optional[Path] = typer.Option(None, "--rerank-lora", help="LoRA adapter of the reranker."),
+    rerank_lora: Optional[Path] = RERANK_LORA,
     host: str = typer.Option("127.0.0.1", help="Address to bind. The default serves this machine only; "
                                                "0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port)."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
     max_batch_size: int = typer.Option(16, min=1, help="Most queries encoded together."),
     max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for more queries once one arrives."),
     max_k: int = typer.Option(100, min=1, help="Largest k a request may ask for."),
@@ -50,15 +44,8 @@ def serve(
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Fusion weight: alpha * retrieval + (1 - alpha) * rerank."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log",
                                     help="Log one line per request: method, path, status, milliseconds."),
-    max_pixels: Optional[int] = MAX_PIXELS,
-    min_pixels: Optional[int] = MIN_PIXELS,
-    positions: Optional[str] = POSITIONS,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    image_pixel_limit: Optional[int] = typer.Option(
-        None, "--image-pixel-limit", min=1,
-        help=IMAGE_PIXEL_LIMIT.help + " Given, it also caps uploaded query images (otherwise "
-                                      f"{ServeConfig().max_image_pixels})."),
-    rerank_scores: Optional[str] = RERANK_SCORES,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     """Serve an index over HTTP: a JSON API (/search, /embed, /info, /docs) and a search page at /.
 
@@ -70,32 +57,29 @@ def serve(
     # search on every request, and with spinning (the default) idle threads of one runtime starve the
     # other: a tiny-model request measured 10x slower. Passive waiting must be set before they load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..qwen2vl.model_source import check_adapter_source, check_model_source
     from ..serving.app import load_app
-    from .models import resolve_model, warn_if_untrained
+    from .models import check_sources, resolve_model, warn_if_untrained
     from .runtime import quiet_model_loading
 
     model, lora = resolve_model(model, lora, index=index)
-    settings = model_settings(model, max_pixels=max_pixels, min_pixels=min_pixels, positions=positions,
-                              max_tokens=max_tokens, image_pixel_limit=image_pixel_limit,
-                              rerank_scores=rerank_scores)
-    limits = {} if image_pixel_limit is None else {"max_image_pixels": image_pixel_limit}
+    settings = model_options.settings(model, rerank_scores=True)  # (the reranker takes the score mode)
+    pixel_limit = model_options.image_pixel_limit
+    limits = {} if pixel_limit is None else {"max_image_pixels": pixel_limit}
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_k=max_k,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_video_bytes=int(max_video_mb * 1024 * 1024), request_timeout_s=timeout, alpha=alpha,
                          **limits)
     for source, adapter in ((model, lora), (rerank, rerank_lora)):
         if source is not None:
-            check_model_source(source)
-            check_adapter_source(adapter)
+            check_sources(source, adapter)
     listener = listen(host, port)  # before the models load: a port in use fails at once
     try:
         for source in (model, rerank):
             if source is not None:
                 warn_if_untrained(source)
         quiet_model_loading()
-        app = load_app(index, model, lora=lora, rerank=rerank, rerank_lora=rerank_lora, device=device, dtype=dtype,
-                       config=config, settings=settings)
+        app = load_app(index, model, lora=lora, rerank=rerank, rerank_lora=rerank_lora, device=model_options.device,
+                       dtype=model_options.dtype, config=config, settings=settings)
         if access_log:
             import logging
 

@@ -34,8 +34,8 @@ def retriever(
     Under torchrun (or accelerate launch) every process trains on its share of each global batch
     and in-batch negatives span all of them.
     """
+    from ..retriever.trainer import train_retriever
     from ..training.args import load_args, parse_assignment
-    from ..training.trainer import train_retriever
 
     extra = dict(parse_assignment(a) for a in assignments or [])
     args = load_args(config, model=model, data=data, output_dir=output_dir, max_steps=max_steps,
@@ -69,8 +69,8 @@ def reranker(
 
     Under torchrun (or accelerate launch) every process trains on its share of each global batch.
     """
+    from ..reranker.trainer import train_reranker
     from ..training.args import RerankerTrainingArgs, load_args, parse_assignment
-    from ..training.trainer import train_reranker
 
     extra = dict(parse_assignment(a, args_class=RerankerTrainingArgs) for a in assignments or [])
     args = load_args(config, args_class=RerankerTrainingArgs, model=model, data=data, mined=mined,

@@ -564,17 +564,3 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
 def format_qrels_line(qid: str, did: str, task_id: int, relevance: int = 1) -> str:
     return f"{qid} 0 {did} {relevance} {task_id}\n"
-
-
-# The instruction table moved to lamra.data.mbeir_instructions; its names are still found here.
-_MOVED = ("BUILTIN_INSTRUCTIONS", "INSTRUCTIONS_HEADER", "INSTRUCTION_CHOICES", "Instructions", "builtin_instructions",
-          "instruction_rows", "instruction_row_problems", "read_instructions", "load_instructions",
-          "write_instructions", "query_instructions")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import mbeir_instructions
-
-        return getattr(mbeir_instructions, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

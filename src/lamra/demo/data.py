@@ -24,7 +24,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..data.mbeir import TASKS_FILE, MBEIRLayout, format_qrels_line, write_instructions
+from ..data.mbeir import TASKS_FILE, MBEIRLayout, format_qrels_line
+from ..data.mbeir_instructions import write_instructions
 from ..errors import InputError
 from ..progress import progress_bar
 from .sources import clipart, fashion_mnist, wordnet

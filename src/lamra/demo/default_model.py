@@ -111,8 +111,8 @@ def ensure_default_model(*, recipe: dict = RECIPE, announce: Callable[[str], Non
 def train_default_model(out: str | os.PathLike, *, recipe: dict = RECIPE, announce: Callable[[str], None],
                         show_progress: bool = True, work_dir: str | os.PathLike | None = None) -> Path:
     """Build the data, the base model, stage 1 and stage 2; the finished folder appears at ``out``."""
+    from ..retriever.trainer import train_retriever
     from ..training.args import load_args
-    from ..training.trainer import train_retriever
     from .data import DemoConfig, DemoSources, build_demo_data
     from .tiny import qwen2_tokenizer, save_tiny_checkpoint
 

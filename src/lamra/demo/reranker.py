@@ -4,7 +4,7 @@ The recipe (``RERANK_RECIPE``, measured in docs/training-rerank.md, "The demo re
 
 1. **mine**: every demo training query's top ``k`` in its task's training pool, with the
    retriever (:func:`lamra.reranker.mining.mine`);
-2. **train**: a reranker (:func:`lamra.training.trainer.train_reranker`, pointwise + listwise
+2. **train**: a reranker (:func:`lamra.reranker.trainer.train_reranker`, pointwise + listwise
    answers, spec 3) from a pretrained model, as LamRA does: SmolLM2-135M-Instruct as a Qwen2-VL
    (:mod:`lamra.demo.smollm2`, built once into the cache) with a LoRA, on the text task's training
    queries (SmolLM2 cannot see images); a LoRA is merged into a plain folder afterwards;
@@ -212,9 +212,9 @@ def train_demo_reranker(retriever_dir: str | os.PathLike, data_dir: str | os.Pat
     ``out_dir``, ``.NAME.work``): the mined file, the trained reranker, the evaluations' caches.
     """
     from ..reranker.mining import mine
+    from ..reranker.trainer import train_reranker
     from ..retriever.model import Retriever
     from ..training.args import RerankerTrainingArgs, load_args
-    from ..training.trainer import train_reranker
 
     retriever_dir, out = Path(retriever_dir), Path(out_dir)
     data = _data_of(retriever_dir, data_dir)

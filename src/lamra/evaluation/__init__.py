@@ -5,3 +5,7 @@
 - :mod:`.zeroshot` - ``evaluate_zeroshot`` over a plain queries / candidates / qrels folder.
 - :mod:`.baselines` - random (chance level) and oracle (ceiling) encoders.
 """
+
+# Candidates retrieved per query and written to an M-BEIR run (the paper's top 50; Recall@50 is
+# reported). Its home is here, not in .mbeir, so `lamra eval` reads it without loading numpy.
+RETRIEVAL_TOP_K = 50

@@ -54,13 +54,13 @@ from ..data.mbeir import (
 )
 from ..data.mbeir_instructions import INSTRUCTION_CHOICES, Instructions, load_instructions, query_instructions
 from ..errors import InputError
+from . import RETRIEVAL_TOP_K
 from .cache import EmbeddingCache, Encoder
 from .metrics import evaluate_run
 from .report import TaskResult, write_reports, write_trec_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 50
 REFERENCE_CUTOFFS = (1, 5, 10, 50)  # also reported for every task, besides its own metric
 SKIP_HINT = "pass --skip-bad to leave bad items out (they are counted and listed in results.json)"
 
@@ -79,7 +79,7 @@ class MBEIRResults:
 
 def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.PathLike, *,
                    tasks: Sequence[str] | None = None, pool: str = "local", split: str = "test",
-                   top_k: int = DEFAULT_TOP_K, cache_dir: str | os.PathLike | None = None,
+                   top_k: int = RETRIEVAL_TOP_K, cache_dir: str | os.PathLike | None = None,
                    index_dtype: str = "float16", batch_size: int | None = None, show_progress: bool = True,
                    announce: Callable[[str], None] | None = None, instructions: str = "first", seed: int = 0,
                    skip_bad: bool = False, shard_size: int = 1024) -> MBEIRResults:

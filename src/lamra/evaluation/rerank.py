@@ -36,7 +36,7 @@ from ..data.mbeir_instructions import load_instructions
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 from ..items import Item
-from ..pipeline import DEFAULT_TOP_K, MODES, Hit, alpha_for, fuse_ranked, rerank_scores
+from ..pipeline import LISTWISE, MODES, POINTWISE, RERANK_TOP_K, Hit, alpha_for, fuse_ranked, rerank_scores
 from ..progress import progress_bar
 from .cache import cache_key, file_sha256, strings_sha256
 from .mbeir import REFERENCE_CUTOFFS, distinct_slots, task_instructions
@@ -58,8 +58,8 @@ class RerankResults:
     retrieval: list[TaskResult]
     reranked: list[TaskResult]
     alphas: dict[str, float]
-    mode: str = "pointwise"
-    top_k: int = DEFAULT_TOP_K
+    mode: str = POINTWISE
+    top_k: int = RERANK_TOP_K
     files: dict[str, Path] = field(default_factory=dict)
     scored: dict[str, int] = field(default_factory=dict)  # task -> queries scored by this run
     reused: dict[str, int] = field(default_factory=dict)  # task -> queries whose cached scores were used
@@ -96,8 +96,8 @@ def read_evaluation(out: str | os.PathLike) -> dict:
 
 
 def rerank_mbeir(out: str | os.PathLike, reranker, *, root: str | os.PathLike | None = None,
-                 tasks: Sequence[str] | None = None, top_k: int = DEFAULT_TOP_K,
-                 alpha: float | Mapping[str, float] | None = None, mode: str = "pointwise",
+                 tasks: Sequence[str] | None = None, top_k: int = RERANK_TOP_K,
+                 alpha: float | Mapping[str, float] | None = None, mode: str = POINTWISE,
                  window: int | None = None, batch_size: int | None = None, show_progress: bool = True,
                  announce: Callable[[str], None] | None = None) -> RerankResults:
     """Rerank the runs of the M-BEIR evaluation in ``out`` and report Ret and Ret+Rank side by side.
@@ -225,7 +225,7 @@ def _reranker_identity(reranker, mode: str, window: int | None) -> dict:
     if hasattr(settings, "fingerprint"):
         identity["settings"] = settings.fingerprint()
         identity["rerank_scores"] = getattr(settings, "rerank_scores", None)
-    if mode == "listwise":
+    if mode == LISTWISE:
         identity["window"] = window or getattr(reranker, "listwise_window", None)
         identity["listwise_max_tokens"] = getattr(reranker, "listwise_max_tokens", None)
     return identity
@@ -235,7 +235,7 @@ def _score_query(reranker, query: Item, items: list[Item], *, mode: str, instruc
                  batch_size: int | None, window: int | None) -> np.ndarray:
     """S_rank of one query's candidates; pointwise scores each distinct candidate once (a global
     pool's run can list a candidate twice)."""
-    if mode == "pointwise":
+    if mode == POINTWISE:
         first: dict[str, int] = {}
         for position, item in enumerate(items):
             first.setdefault(item.id, position)

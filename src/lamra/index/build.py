@@ -23,18 +23,21 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from .. import distributed
-from ..embeddings import atomic_write_bytes
+from ..embeddings import atomic_write_bytes, npy_bytes
 from ..errors import IncompatibleArtifactError, InputError
 from ..items import Item, as_item
 from ..progress import progress_bar
 from . import files
 from .backends import resolve_params
-from .store import FINGERPRINT_KEYS, Index, check_fingerprint, check_new_ids
+from .checks import FINGERPRINT_KEYS, check_fingerprint, check_new_ids
+
+if TYPE_CHECKING:
+    from .store import Index
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +93,13 @@ def per_item_instructions(instruction, count: int) -> list:
     return instruction
 
 
-def build_index(items, retriever, path, *, backend: str = "flat", dtype: str = "float16", shard_size: int = 1024,
-                show_progress: bool = True, skip_bad: bool = False, batch_size: int | None = None,
-                max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
+def build_index(cls: type[Index], items, retriever, path, *, backend: str = "flat", dtype: str = "float16",
+                shard_size: int = 1024, show_progress: bool = True, skip_bad: bool = False,
+                batch_size: int | None = None, max_batch_tokens: int | None = None,
+                instruction: str | Sequence[str | None] | None = None,
                 skip_hint: str | None = SKIP_HINT, **backend_params) -> Index:
-    """See :meth:`Index.build`. ``skip_hint``: what a bad item's error suggests (None: nothing)."""
+    """See :meth:`Index.build`, which passes itself as ``cls`` (so this module needs no import of
+    the store). ``skip_hint``: what a bad item's error suggests (None: nothing)."""
     path = Path(path)
     entries = to_entries(items, instruction)
     if not entries:
@@ -108,7 +113,7 @@ def build_index(items, retriever, path, *, backend: str = "flat", dtype: str = "
             if rank == 0:
                 _already_built(path, plan)
             distributed.barrier()
-            return Index.open(path, verify=False)
+            return cls.open(path, verify=False)
         # A work folder means an interrupted build, even when it was killed while saving the index
         # (some segment files written, no manifest yet): the save is simply done again.
         if rank == 0 and path.is_dir() and not (path / WORK).is_dir() and any(p.name != WORK for p in path.iterdir()):
@@ -122,21 +127,22 @@ def build_index(items, retriever, path, *, backend: str = "flat", dtype: str = "
             vectors, kept, bad = merged
             if not kept:
                 raise InputError("every item was bad; nothing to index", file=str(path))
-            index = Index.from_vectors(vectors, [entries[i].item.id for i in kept], fingerprint,
-                                       metadata=[entries[i].meta for i in kept], backend=backend, dtype=dtype,
-                                       **backend_params)
+            index = cls.from_vectors(vectors, [entries[i].item.id for i in kept], fingerprint,
+                                     metadata=[entries[i].meta for i in kept], backend=backend, dtype=dtype,
+                                     **backend_params)
             index.manifest["build"] = _build_record(plan, entries)
             index.manifest["skipped"] = bad
             index.save(path)
             _discard_work(path)
         distributed.barrier()
-        return Index.open(path, verify=False)  # just written (and checked) by rank 0
+        return cls.open(path, verify=False)  # just written (and checked) by rank 0
 
 
 def add_items(index: Index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024,
               skip_bad: bool = False, skip_existing: bool = False, batch_size: int | None = None,
               max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
               skip_hint: str | None = SKIP_HINT) -> None:
+    """See :meth:`Index.add`."""
     fingerprint = retriever.fingerprint()
     check_fingerprint(index.manifest, fingerprint, where=str(index.path or "(in memory)"))
     entries = to_entries(items, instruction)
@@ -167,7 +173,7 @@ def add_items(index: Index, items, retriever, *, show_progress: bool = True, sha
             _discard_work(index.path)
         distributed.barrier()
         if rank != 0:
-            index.__dict__.update(Index.open(index.path, verify=False).__dict__)
+            index.__dict__.update(type(index).open(index.path, verify=False).__dict__)
 
 
 # -- shards -------------------------------------------------------------------------------------
@@ -289,7 +295,7 @@ def _run_shards(entries: list[Entry], encode, work: Path, plan: dict, *, show_pr
             stem = work / "shards" / f"{shard:05d}"
             record = {"ids": [chunk[i].item.id for i in kept], "bad": bad}
             atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record).encode())
-            atomic_write_bytes(stem.with_suffix(".npy"), files.npy_bytes(vectors))  # the shard is done
+            atomic_write_bytes(stem.with_suffix(".npy"), npy_bytes(vectors))  # the shard is done
             logger.info("rank %d: shard %d/%d written (%d items)", rank, shard + 1, n_shards, len(kept))
             bar.advance(len(chunk))
     distributed.barrier()

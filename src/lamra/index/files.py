@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embeddings import atomic_write_bytes, npy_bytes  # noqa: F401 (re-exported for build.py)
+from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 
 MANIFEST = "manifest.json"

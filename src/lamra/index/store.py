@@ -25,13 +25,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import IncompatibleArtifactError, InputError
+from ..errors import IncompatibleArtifactError
 from . import files
 from .backends import FaissSearcher, make_searcher, resolve_params
-
-# What an index records of the encoder that made it; "settings" holds the vector-changing
-# ModelSettings fields (lamra.settings), absent for encoders without any (baselines).
-FINGERPRINT_KEYS = ("model", "adapter", "prompt_format", "dim", "settings")
+from .build import add_items, build_index
+from .checks import FINGERPRINT_KEYS, check_fingerprint, check_new_ids
 
 
 class Index:
@@ -94,9 +92,7 @@ class Index:
         ``max_batch_tokens`` and the backend's parameters (``nlist``, ``nprobe``, ``M``,
         ``ef_search``, ``encoding`` ...).
         """
-        from .build import build_index
-
-        return build_index(items, retriever, path, backend=backend, dtype=dtype, shard_size=shard_size,
+        return build_index(cls, items, retriever, path, backend=backend, dtype=dtype, shard_size=shard_size,
                            show_progress=show_progress, instruction=instruction, **backend_params)
 
     @classmethod
@@ -214,8 +210,6 @@ class Index:
         """Encode ``items`` and append them (resumable like ``build``; ids must be new unless
         ``skip_existing=True``, which leaves out items already in the index). ``instruction=``
         works as in :meth:`build` (one for all, or one per item)."""
-        from .build import add_items
-
         add_items(self, items, retriever, show_progress=show_progress, **options)
 
     def add_vectors(self, vectors: np.ndarray, ids: list[str], metadata: list[dict] | None = None) -> None:
@@ -401,58 +395,6 @@ def new_manifest(fingerprint: dict, *, dtype: str, backend: str, params: dict) -
         "lamra_version": __version__,
         "segments": [],
     }
-
-
-def check_fingerprint(stored: dict, expect: dict | None, *, where: str) -> None:
-    """Refuse an artefact made by another model / adapter / prompt format / dimension / settings.
-
-    The message names every difference (each vector-changing setting by name) and how to get a
-    matching index.
-    """
-    if not expect:
-        return
-    diffs = []
-    for key in FINGERPRINT_KEYS:
-        if key not in expect:
-            continue
-        if key == "settings":
-            diffs += _settings_diffs(stored.get(key), expect.get(key))
-        elif _norm(stored.get(key)) != _norm(expect.get(key)):
-            diffs.append(f"{key}: index has {stored.get(key)!r}, you use {expect.get(key)!r}")
-    if diffs:
-        raise IncompatibleArtifactError(
-            f"index {where} was built with another model, prompt format or settings (" + "; ".join(diffs)
-            + "). Search it with the model and settings it was built with, or rebuild it with these "
-            "(a new --out folder, or delete this one).")
-
-
-def _settings_diffs(stored, expect) -> list[str]:
-    """Which vector-changing settings differ (``--max-pixels`` ... set them)."""
-    if expect in (None, {}) and stored in (None, {}):
-        return []
-    if not isinstance(stored, dict):
-        return [f"settings: the index records none (built before lamra recorded them), you use {expect!r}"]
-    if not isinstance(expect, dict):
-        return [f"settings: index has {stored!r}, you use none"]
-    return [f"setting {name}: index has {stored.get(name)!r}, you use {expect.get(name)!r}"
-            for name in sorted(set(stored) | set(expect)) if stored.get(name) != expect.get(name)]
-
-
-def _norm(value):
-    return int(value) if isinstance(value, (int, np.integer)) else (None if value in ("", None) else str(value))
-
-
-def check_new_ids(ids: list[str], index: "Index | None") -> None:
-    seen: set[str] = set()
-    for item_id in ids:
-        if item_id in seen:
-            raise InputError("duplicate id", item=item_id, field="id")
-        seen.add(item_id)
-    if index is not None and len(index):
-        clash = [i for i in ids if i in index]
-        if clash:
-            raise InputError(f"{len(clash)} id(s) already in the index (first: {clash[0]!r}); "
-                             "give new ids, or skip_existing=True / --skip-existing", item=clash[0], field="id")
 
 
 def normalise_metadata(record: dict) -> dict:

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelSettings
+from ..settings import ModelSettings
 from .processor import LamraProcessor
-from .prompts import EMB_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", 
 
 @dataclass
 class Backbone:
-    """A loaded multimodal LM and its processor: model, tokenizer, image processor, ``<emb>`` id."""
+    """A loaded multimodal LM and its processor (tokenizer, image processor, ``<emb>`` id)."""
 
     model: Any
     processor: LamraProcessor
@@ -58,10 +57,6 @@ class Backbone:
     @property
     def settings(self) -> ModelSettings:
         return self.processor.settings
-
-    @property
-    def emb_token_id(self) -> int:
-        return self.processor.emb_token_id
 
     @property
     def device(self):
@@ -96,9 +91,6 @@ class Backbone:
     def output_head(self):
         """The LM head (hidden state -> vocabulary logits), for answers such as "Yes" / "No"."""
         return self.base_model().get_output_embeddings()
-
-    def image_token_count(self, size: tuple[int, int]) -> int:
-        return self.processor.image_token_count(size)
 
     def pixel_inputs(self, images: list) -> dict:
         return self.processor.pixel_inputs(images)
@@ -216,26 +208,6 @@ def resolve_attention(attn_implementation: str | None, device: str, dtype) -> st
         except ImportError:
             pass
     return "sdpa"
-
-
-def load_tokenizer(path: str | os.PathLike, **hub_kwargs):
-    """The checkpoint's tokenizer with ``<emb>`` added (or found, if the checkpoint saved it)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **hub_kwargs)
-    if EMB_TOKEN not in tokenizer.get_vocab():
-        # A plain added token, as LamRA does: it lands right after the last existing token.
-        tokenizer.add_tokens([EMB_TOKEN])
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def load_image_processor(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                         min_pixels: int = DEFAULT_MIN_PIXELS, **hub_kwargs):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil.from_pretrained(str(path), min_pixels=min_pixels, max_pixels=max_pixels,
-                                                    **hub_kwargs)
 
 
 def _model_class(path: str, hub_kwargs: dict):

@@ -2,7 +2,9 @@
 
 A :class:`LamraProcessor` holds no model, so a DataLoader collator in a worker process can
 build batches with it (it pickles), and the retriever, the reranker, training and the server
-all turn items into tensors the same way.
+all turn items into tensors the same way. Its two loaders (:func:`load_tokenizer`,
+:func:`load_image_processor`) live here too, so backbone.py imports this module and never the
+reverse.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..errors import InputError
-from ..items import as_item, image_size, load_image
-from ..settings import ModelSettings
+from ..items import as_item
+from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelSettings
+from .images import image_size, load_image
 from .prompts import EMB_TOKEN, format_text, render_prompt
 
 IMAGE_PAD = "<|image_pad|>"
@@ -48,8 +51,6 @@ class LamraProcessor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, settings: ModelSettings | None = None,
                         **hub_kwargs) -> "LamraProcessor":
-        from .backbone import load_image_processor, load_tokenizer
-
         settings = settings or ModelSettings()
         return cls(load_tokenizer(path, **hub_kwargs),
                    load_image_processor(path, max_pixels=settings.max_pixels, min_pixels=settings.min_pixels,
@@ -162,6 +163,26 @@ class LamraProcessor:
             types[input_ids == self.video_token_id] = 2
             inputs["mm_token_type_ids"] = types
         return inputs
+
+
+def load_tokenizer(path: str | os.PathLike, **hub_kwargs):
+    """The checkpoint's tokenizer with ``<emb>`` added (or found, if the checkpoint saved it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **hub_kwargs)
+    if EMB_TOKEN not in tokenizer.get_vocab():
+        # A plain added token, as LamRA does: it lands right after the last existing token.
+        tokenizer.add_tokens([EMB_TOKEN])
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_image_processor(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                         min_pixels: int = DEFAULT_MIN_PIXELS, **hub_kwargs):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil.from_pretrained(str(path), min_pixels=min_pixels, max_pixels=max_pixels,
+                                                    **hub_kwargs)
 
 
 def one_d_positions(attention_mask):

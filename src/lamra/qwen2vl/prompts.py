@@ -28,8 +28,6 @@ SUMMARIZE_VIDEO = "\nSummarize above video in one word: "
 SUMMARIZE_VIDEO_TEXT = "\nSummarize above video and sentence in one word: "
 SUMMARIZE_MULTI = "\nSummarize above images and sentences in one word: "
 EMB_ANSWER = f"{EMB_TOKEN}."
-# What follows the pooled position in the full prompt (cut off at inference, spec 2).
-EMB_TAIL = f"{EMB_ANSWER}<|im_end|>\n{ASSISTANT_START}"
 
 # Training-time text cuts of the official code (spec 2): formatted text, tokenized and decoded.
 MAX_RETRIEVAL_TEXT_TOKENS = 480

@@ -1,7 +1,8 @@
 """Video inputs as Qwen2-VL sees them: frame sampling, per-frame size, pixel patches.
 
-A :class:`Video` is a video file (mp4, webm, gif, mkv, ...) or a list of frame images. It
-becomes a Qwen2-VL *video* input (``<|video_pad|>`` tokens, ``pixel_values_videos``,
+A :class:`Video` (a plain value defined beside :class:`~lamra.items.Item`, importable from here
+too) is a video file (mp4, webm, gif, mkv, ...) or a list of frame images. It becomes a
+Qwen2-VL *video* input (``<|video_pad|>`` tokens, ``pixel_values_videos``,
 ``video_grid_thw``), not a list of separate images. The rules are those of qwen-vl-utils as
 the LamRA code vendors it (spec section 2, "Video inputs"):
 
@@ -34,7 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InputError
+from ..items import VIDEO_FIELD as FIELD  # the field every video error names
+from ..items import Video, is_pil_image
 from ..settings import ModelSettings
+from .images import image_size, load_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,77 +57,10 @@ MAX_ASPECT_RATIO = 200
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ogv",
                   ".flv", ".wmv", ".3gp", ".ts")
 
-FIELD = "video"
-
 
 def is_video_path(path: str | os.PathLike) -> bool:
     """Whether a file name has one of :data:`VIDEO_SUFFIXES` (case-insensitive)."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-@dataclass(frozen=True)
-class Video:
-    """A video: ``source`` is a file path or a tuple of frames (paths or PIL images).
-
-    ``nframes`` (files only) samples that many evenly spaced frames (rounded to even) instead
-    of ``video_fps`` frames per second.
-    """
-
-    source: Any
-    nframes: int | None = None
-
-    def __post_init__(self):
-        source = self.source
-        if isinstance(source, (str, os.PathLike)):
-            if str(source) == "":
-                raise InputError("empty video path", field=FIELD)
-            object.__setattr__(self, "source", Path(source))
-        elif isinstance(source, (list, tuple)):
-            if not source:
-                raise InputError("empty list of frames", field=FIELD)
-            for number, frame in enumerate(source):
-                if not isinstance(frame, (str, os.PathLike)) and not _is_pil(frame):
-                    raise InputError(
-                        f"frame {number} must be an image path or a PIL image, got {type(frame).__name__}",
-                        field=FIELD,
-                    )
-            object.__setattr__(self, "source", tuple(Path(f) if isinstance(f, str) else f for f in source))
-        else:
-            raise InputError(
-                f"a video is a file path or a list of frames, got {type(source).__name__}", field=FIELD
-            )
-        if self.nframes is not None:
-            if isinstance(self.nframes, bool) or not isinstance(self.nframes, int) or self.nframes < 1:
-                raise InputError(f"nframes must be a positive integer, got {self.nframes!r}", field=FIELD)
-            if self.is_frame_list:
-                raise InputError("nframes applies to video files; a list of frames is used whole", field=FIELD)
-
-    @classmethod
-    def from_value(cls, value: Any, *, base_dir: str | os.PathLike | None = None,
-                   nframes: int | None = None) -> "Video":
-        """A :class:`Video` from a path (str or Path), a list of frames, or a Video.
-
-        Relative paths (of the file or of the frames) are resolved against ``base_dir``.
-        """
-        if isinstance(value, Video):
-            return value if nframes is None else cls(value.source, nframes=nframes)
-        if isinstance(value, (str, os.PathLike)):
-            return cls(_resolve(value, base_dir) if str(value) else value, nframes=nframes)
-        if isinstance(value, (list, tuple)):
-            frames = tuple(_resolve(f, base_dir) if isinstance(f, (str, os.PathLike)) and str(f) else f
-                           for f in value)
-            return cls(frames, nframes=nframes)
-        raise InputError(
-            f"a video is a file path or a list of frames, got {type(value).__name__}", field=FIELD
-        )
-
-    @property
-    def is_frame_list(self) -> bool:
-        return isinstance(self.source, tuple)
-
-    def describe(self) -> str:
-        """The file, or "N frames", for messages."""
-        return f"{len(self.source)} frames" if self.is_frame_list else str(self.source)
 
 
 @dataclass(frozen=True)
@@ -366,8 +303,6 @@ def _load_frame_list(frames: tuple, settings: ModelSettings) -> "np.ndarray":
 
 
 def _open_frame(frame, settings: ModelSettings, number: int):
-    from ..items import load_image
-
     try:
         return load_image(frame, pixel_limit=settings.image_pixel_limit)
     except InputError as exc:
@@ -375,8 +310,6 @@ def _open_frame(frame, settings: ModelSettings, number: int):
 
 
 def _frame_size(frame, settings: ModelSettings, number: int) -> tuple[int, int]:
-    from ..items import image_size
-
     try:
         return image_size(frame, pixel_limit=settings.image_pixel_limit)
     except InputError as exc:
@@ -392,7 +325,7 @@ def _as_frame_array(frames, number: int) -> "np.ndarray":
         frames = list(frames)
         if not frames:
             raise ValueError(f"video {number} has no frames")
-        array = np.stack([np.asarray(f.convert("RGB") if _is_pil(f) else f) for f in frames])
+        array = np.stack([np.asarray(f.convert("RGB") if is_pil_image(f) else f) for f in frames])
     if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
         raise ValueError(f"video {number}: expected frames of shape (T, H, W, 3), got {array.shape}")
     return array
@@ -554,22 +487,6 @@ def _resize_like_torchvision(rgb: "np.ndarray", height: int, width: int) -> "np.
                                              align_corners=False, antialias=True)
     tensor = tensor.clamp_(0, 255).round_().to(torch.uint8)
     return tensor[0].permute(1, 2, 0).contiguous().numpy()
-
-
-# --------------------------------------------------------------------------- helpers
-def _is_pil(value: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(value, Image.Image)
-
-
-def _resolve(path, base_dir) -> Path:
-    path = Path(path)
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
-    return path
 
 
 __all__ = [

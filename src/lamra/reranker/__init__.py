@@ -1,2 +1,2 @@
 """LamRA-Rank: the reranking model (pointwise and listwise), its shared-prefix forward, scores and
-positions, and its training data, collator, steps and hard-negative mining."""
+positions, and its training data, collator, steps, trainer and hard-negative mining."""

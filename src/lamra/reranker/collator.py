@@ -31,6 +31,7 @@ from ..items import Item
 from ..qwen2vl.processor import LamraProcessor, PromptInput
 from ..qwen2vl.prompts import (
     ASSISTANT_START,
+    LISTWISE_ANSWER_PREFIX,
     MAX_RERANK_TEXT_TOKENS,
     TrainingTextRule,
     format_text,
@@ -38,20 +39,21 @@ from ..qwen2vl.prompts import (
     pointwise_messages,
     render_chat,
 )
+from ..training.args import LABEL_SPANS
 from .data import RerankExample
+from .scores import NO, YES
 
 IGNORE = -100
 END_OF_TURN = "<|im_end|>"
-LABEL_SPANS = ("answer", "answer_eos", "official")
-KINDS = ("pointwise", "listwise")
+KINDS = ("pointwise", "listwise")  # the batch's two parts; the step logs a loss for each
 
 
 def pointwise_answer(positive: bool) -> str:
-    return "Yes" if positive else "No"
+    return YES if positive else NO
 
 
 def listwise_answer(slot: int) -> str:
-    return f"Ans: ({slot})"
+    return f"{LISTWISE_ANSWER_PREFIX}{slot})"
 
 
 @dataclass

@@ -12,7 +12,7 @@ never drawn as a negative. (The released code falls back to the whole top-k, pos
 included, when fewer than M negatives remain; here M is then cut to the negatives there are.)
 
 Every random choice is drawn from a generator seeded by (seed, epoch, index), as in
-:mod:`.data`: an example is the same in a straight run and a resumed one, on any rank.
+:mod:`lamra.retriever.data`: an example is the same in a straight run and a resumed one, on any rank.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.mbeir import MBEIRLayout, iter_candidates
-from ..data.mbeir_instructions import load_instructions
+from ..data.mbeir_instructions import INSTRUCTION_CHOICES, load_instructions
 from ..errors import InputError
 from ..items import Item
 from ..retriever.data import (
@@ -61,7 +61,7 @@ class RerankTrainDataset:
                  instructions: str = "random"):
         if max_negatives < 1:
             raise InputError("max_negatives must be at least 1", field="max_negatives")
-        if instructions not in ("random", "first"):
+        if instructions not in INSTRUCTION_CHOICES:
             raise InputError(f"instructions must be 'random' or 'first', got {instructions!r}", field="instructions")
         self.root = Path(root)
         self.mined_file = Path(mined)

@@ -9,7 +9,7 @@ Two ways to the same numbers (spec 3 reads the next-token logits right after the
   pointwise prompts of one query share everything up to ``Candidate:``): the prefix runs once
   and keeps its key/value cache; the candidate parts then run in right-padded batches on
   copies of that cache (expanded along the batch), with M-RoPE positions continuing from the
-  prefix's next position (:mod:`rerank_positions`), and the logit read at each row's last real
+  prefix's next position (:mod:`.positions`), and the logit read at each row's last real
   token.
 
 Only the output-head rows of the answer tokens are computed (``hidden @ W[ids].T``), not the
@@ -21,13 +21,12 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import InputError
-from ..items import load_image
 from ..qwen2vl.backbone import Backbone
 from ..qwen2vl.batching import plan_batches
-from ..qwen2vl.processor import PromptInput
+from ..qwen2vl.images import load_image
+from ..qwen2vl.processor import VISION_START, PromptInput
 from .positions import mrope_positions
 
-VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 
 

@@ -51,7 +51,7 @@ from ..data.mbeir import (
     declared_tasks,
     iter_candidates,
 )
-from ..data.mbeir_instructions import load_instructions
+from ..data.mbeir_instructions import INSTRUCTION_CHOICES, load_instructions
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 from ..retriever.data import default_query_files, read_query_files
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 MINED_FORMAT = "lamra-mined-1"
 POOL_CHOICES = ("task", "union")
-INSTRUCTION_CHOICES = ("first", "random")
 DEFAULT_K = 100
 PLAN_FILE = "mining.json"
 

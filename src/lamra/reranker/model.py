@@ -2,12 +2,12 @@
 
 - :meth:`Reranker.score` - pointwise. By default the query part of the prompt (everything up
   to ``Candidate:``) runs once and its key/value cache serves every candidate
-  (:mod:`rerank_forward`); ``shared_prefix=False`` runs one full forward per candidate.
+  (:mod:`.forward`); ``shared_prefix=False`` runs one full forward per candidate.
   Both give the same scores (tested to 1e-4 in fp32) and neither generates.
 - :meth:`Reranker.pick` / :meth:`Reranker.rank_listwise` - listwise: the digit after
-  ``Ans: (``; longer lists are windowed (:mod:`rerank_listwise`).
+  ``Ans: (``; longer lists are windowed (:mod:`.listwise`).
 - Scores are read as the official evaluation read them (``settings.rerank_scores ==
-  "official"``): after the checkpoint's repetition penalty (:mod:`rerank_scores`); "raw"
+  "official"``): after the checkpoint's repetition penalty (:mod:`.scores`); "raw"
   reads the logits unchanged.
 
 The reranker keeps Qwen2-VL's M-RoPE (the official rerank code uses the stock model class)
@@ -27,7 +27,8 @@ from ..qwen2vl.prompts import LISTWISE_ANSWER_PREFIX, listwise_messages, pointwi
 from ..settings import ModelSettings
 from .forward import plain_answer_logits, shared_prefix_answer_logits, tokenize
 from .listwise import ranking, tournament
-from .scores import checkpoint_repetition_penalty, penalize_repeated, yes_probability
+from .scores import (MAX_LISTWISE_CANDIDATES, NO, YES, checkpoint_repetition_penalty, penalize_repeated,
+                     yes_probability)
 
 DEFAULT_ALPHA = 0.5
 # Candidates (pointwise) or windows (listwise) per forward. On a GPU one batch takes a whole
@@ -35,8 +36,6 @@ DEFAULT_ALPHA = 0.5
 # batches of 16, being bound by per-batch work on the CPU (docs/benchmarks.md).
 DEFAULT_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 64
-# Listwise: the answer is one digit, so at most 9 candidates share a prompt.
-MAX_LISTWISE_CANDIDATES = 9
 # The released reranker was trained on sequences of at most 2048 tokens (spec 4); longer
 # listwise prompts are split into windows rather than fed whole.
 DEFAULT_LISTWISE_MAX_TOKENS = 2048
@@ -69,7 +68,7 @@ class Reranker:
         self.listwise_window = listwise_window
         self.listwise_max_tokens = listwise_max_tokens
         tokenizer = backbone.tokenizer
-        self.yes_id, self.no_id = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+        self.yes_id, self.no_id = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in (YES, NO))
         self.digit_ids = [tokenizer(str(n), add_special_tokens=False)["input_ids"][0]
                           for n in range(1, MAX_LISTWISE_CANDIDATES + 1)]
 

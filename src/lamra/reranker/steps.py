@@ -19,9 +19,8 @@ from contextlib import nullcontext
 
 import torch
 
+from ..training.args import RERANK_LOSSES
 from .collator import IGNORE, KINDS
-
-LOSSES = ("sum", "joint")
 
 
 class AnswerModel(torch.nn.Module):
@@ -45,8 +44,8 @@ class AnswerModel(torch.nn.Module):
 
 def answer_loss_step(accelerator, model, batch: dict, *, loss: str = "sum") -> dict:
     """Forward and backward of one batch (all its chunks); the loss and its two parts, detached."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in RERANK_LOSSES:
+        raise ValueError(f"loss must be one of {RERANK_LOSSES}, got {loss!r}")
     counts = batch["label_counts"]
     total = sum(counts.values())
     work = [(kind, chunk) for kind in KINDS for chunk in batch[kind]]
@@ -61,6 +60,6 @@ def answer_loss_step(accelerator, model, batch: dict, *, loss: str = "sum") -> d
             accelerator.backward(token_losses.sum() / max(1, denominator))
         sums[kind] = sums[kind] + token_losses.detach().sum().cpu()
     parts = {f"{kind}_loss": sums[kind] / max(1, counts[kind]) for kind in KINDS}
-    value = (parts["pointwise_loss"] + parts["listwise_loss"] if loss == "sum"
-             else (sums["pointwise"] + sums["listwise"]) / max(1, total))
+    # "sum": L_point + L_list, a mean per kind; "joint": one mean over every labelled token.
+    value = sum(parts.values()) if loss == "sum" else sum(sums.values()) / max(1, total)
     return {"loss": value, **parts}

@@ -1,1 +1,1 @@
-"""LamRA-Ret: the embedding model, its pooling and loss, and its training data, collator and steps."""
+"""LamRA-Ret: the embedding model, its pooling and loss, and its training data, collator, steps and trainer."""

@@ -9,6 +9,7 @@ from ..qwen2vl.prompts import MAX_RETRIEVAL_TEXT_TOKENS, TrainingTextRule, raw_t
 from .data import Example
 
 TEXT_RULES = ("raw", "lamra")
+SIDES = ("query", "positive", "hard_negative")  # the batch's parts, in the order the loss takes them
 
 
 class RetrievalCollator:

@@ -3,7 +3,7 @@
 Every random choice (which positive, which instruction) is drawn from a generator seeded by
 (seed, epoch, index), so an example is the same whether a run went straight through or was
 resumed from a checkpoint, and on whichever rank draws it. Datasets expose
-``example(index, epoch)``; :class:`EpochIndexed` adapts them to a DataLoader.
+``example(index, epoch)``; :class:`lamra.training.schedule.EpochIndexed` adapts them to a DataLoader.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.mbeir import (MBEIRLayout, TASK_MODALITIES, Instructions, iter_candidates, load_instructions,
-                          read_queries)
+from ..data.mbeir import MBEIRLayout, TASK_MODALITIES, iter_candidates, read_queries
+from ..data.mbeir_instructions import Instructions, load_instructions
 from ..data.pairs import read_pairs
 from ..errors import InputError
 from ..items import Item
@@ -175,16 +175,3 @@ def default_query_files(root: Path) -> list[Path]:
         raise InputError(f"no training queries under {root}/query (union_train or train)", file=str(root))
     return files
 
-
-class EpochIndexed:
-    """A map-style dataset over (epoch, index) keys, for a DataLoader with worker processes."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Example:
-        epoch, index = key
-        return self.dataset.example(index, epoch)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-DEFAULT_TEMPERATURE = 0.05  # LamRA's InfoNCE temperature (spec 4)
+if TYPE_CHECKING:
+    import torch
+
+# LamRA's InfoNCE temperature (spec 4); the training arguments' default too, so torch loads
+# only inside info_nce (reading the arguments must not import it).
+DEFAULT_TEMPERATURE = 0.05
 
 
 def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None, *,
@@ -16,6 +21,8 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
     and candidates join one global batch (gradients flow back to their owners), so all ranks
     compute the same loss: the paper's global-batch negatives.
     """
+    import torch
+
     if gather:
         from ..distributed import all_gather_with_grad
 

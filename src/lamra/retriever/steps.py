@@ -12,9 +12,8 @@ from contextlib import nullcontext
 
 import torch
 
+from .collator import SIDES
 from .loss import info_nce
-
-SIDES = ("query", "positive", "hard_negative")
 
 
 class EmbeddingModel(torch.nn.Module):

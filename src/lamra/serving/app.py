@@ -249,7 +249,7 @@ def _thumbnail(path: Path, side: int, item_id: str, pixel_limit: int) -> bytes:
     from PIL import Image
 
     from ..errors import InputError
-    from ..items import image_size
+    from ..qwen2vl.images import image_size
 
     try:
         image_size(path, pixel_limit=pixel_limit, item=item_id)  # the loader's checks and messages

@@ -1,7 +1,8 @@
 """The search pipeline behind the HTTP API: encode (batched) -> index search -> rerank -> fuse.
 
-Fusion and ordering are :func:`lamra.pipeline.fuse_ranked`, the rule ``lamra search --rerank``
-and ``lamra eval mbeir --rerank`` use; each request reranks its own ``rerank_depth`` (k by default).
+Retrieval and reranking are :class:`lamra.pipeline.Pipeline`'s, as for ``lamra search --rerank``:
+the engine encodes and searches the queries of a batch together, then reranks and fuses each
+request's hits (its own ``rerank_depth``, k by default) in a thread, within its deadline.
 
 Nothing here knows about HTTP except :class:`ApiError` for refusals; the app turns requests
 into :class:`Query` values and results into JSON.
@@ -21,9 +22,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..index.store import check_fingerprint
+from ..index.checks import check_fingerprint
 from ..items import Item
-from ..pipeline import alpha_for, fuse_ranked
+from ..pipeline import Hit, Pipeline, alpha_for, item_from_metadata
 from .batcher import MicroBatcher, QueueFull
 from .limits import ApiError, ServeConfig
 
@@ -72,8 +73,7 @@ class _Job:
 @dataclass(frozen=True)
 class _Encoded:
     vector: np.ndarray
-    scores: np.ndarray | None = None
-    ids: list[str] | None = None
+    hits: list[tuple[str, float]] | None = None  # (id, retrieval score), best first
 
 
 class SearchEngine:
@@ -89,11 +89,13 @@ class SearchEngine:
         self.alpha = alpha_for(self.config.alpha)  # an alpha outside [0, 1] fails here, not per request
         # Vectors of another model, adapter or prompt format would give meaningless scores.
         check_fingerprint(dict(index.manifest), retriever.fingerprint(), where=str(index.path or "(in memory)"))
+        # Candidates come from the index's metadata (an id it lacks is a 404, as for /items/ID).
+        self.pipeline = Pipeline(retriever, index, _ServerReranker(reranker) if reranker is not None else None,
+                                 alpha=self.alpha, candidates=lambda item_id: item_from_metadata(self.metadata(item_id)))
         self.batcher: MicroBatcher[_Job, _Encoded] = MicroBatcher(
             self._run_batch, max_batch_size=self.config.max_batch_size,
             max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue)
         self._rerank_pool: ThreadPoolExecutor | None = None
-        self._reranker_takes_instruction = reranker is not None and _accepts(reranker.score, "instruction")
         self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -113,18 +115,17 @@ class SearchEngine:
     # -- the model thread -------------------------------------------------------------
 
     def _run_batch(self, jobs: Sequence[_Job]) -> list[_Encoded]:
-        vectors = self.retriever.encode([job.item for job in jobs], [job.instruction for job in jobs],
-                                        batch_size=len(jobs), show_progress=False)
+        vectors = self.pipeline.encode([job.item for job in jobs], [job.instruction for job in jobs],
+                                       batch_size=len(jobs))
         vectors = np.asarray(vectors, dtype=np.float32)
         results = [_Encoded(vectors[row]) for row in range(len(jobs))]
         searching = [row for row, job in enumerate(jobs) if job.k > 0]
         if searching:
             # One index call for every query of the batch, at the largest k asked.
-            scores, ids = self.index.search(vectors[searching], max(jobs[row].k for row in searching))
-            for position, row in enumerate(searching):
+            found = self.pipeline.nearest(vectors[searching], max(jobs[row].k for row in searching))
+            for hits, row in zip(found, searching):
                 # (Every backend returns min(k, count) results; the slice keeps each query its own k.)
-                found = list(ids[position][: jobs[row].k])
-                results[row] = _Encoded(vectors[row], np.asarray(scores[position][: len(found)], np.float32), found)
+                results[row] = _Encoded(vectors[row], hits[: jobs[row].k])
         return results
 
     async def _submit(self, job: _Job, deadline: float) -> _Encoded:
@@ -156,16 +157,12 @@ class SearchEngine:
         depth = max(k, rerank_depth or k) if rerank else k
         started = time.perf_counter()
         encoded = await self._submit(_Job(query.item(), query.instruction, depth), deadline)
-        retrieval = encoded.scores if encoded.scores is not None else np.zeros(0, np.float32)
-        ids = encoded.ids or []
+        found = encoded.hits or []
         timings = {"retrieve_ms": round((time.perf_counter() - started) * 1000, 2)}
-        hits = [{"id": item_id, "retrieval": float(score), "rerank": None, "fused": None}
-                for item_id, score in zip(ids, retrieval)]
+        hits = [{"id": item_id, "retrieval": score, "rerank": None, "fused": None} for item_id, score in found]
         if rerank and hits:
             started = time.perf_counter()
-            rerank_scores = await self._rerank(query, ids, deadline)
-            # The pipeline's fusion rule (equal fused scores keep the retrieval order).
-            ranked = fuse_ranked([(hit["id"], hit["retrieval"]) for hit in hits], rerank_scores, self.alpha)
+            ranked = await self._rerank(query, found, deadline)
             hits = [{"id": hit.id, "retrieval": hit.retrieval, "rerank": hit.rerank, "fused": hit.fused}
                     for hit in ranked]
             timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -175,25 +172,18 @@ class SearchEngine:
             hit["score"] = hit["fused"] if hit["fused"] is not None else hit["retrieval"]
         return {"results": hits, "reranked": bool(rerank), "timings": timings}
 
-    async def _rerank(self, query: Query, ids: list[str], deadline: float) -> np.ndarray:
-        candidates = [candidate_item(self.metadata(item_id)) for item_id in ids]
-        if self._reranker_takes_instruction:  # lamra's Reranker places the instruction itself
-            score = partial(self.reranker.score, query.item(), candidates, instruction=query.instruction)
-        else:
-            score = partial(self.reranker.score, query.with_instruction_in_text(), candidates)
-        call = asyncio.get_running_loop().run_in_executor(self._rerank_pool, score)
+    async def _rerank(self, query: Query, found: list[tuple[str, float]], deadline: float) -> list[Hit]:
+        """The pipeline's rerank and fusion of all of ``found`` (equal fused scores keep the
+        retrieval order), in the reranker's thread, within the request's deadline."""
+        rerank = partial(self.pipeline.rerank, query, found, instruction=query.instruction, top_k=len(found))
+        call = asyncio.get_running_loop().run_in_executor(self._rerank_pool, rerank)
         try:
-            scores = await asyncio.wait_for(call, _remaining(deadline))
+            return await asyncio.wait_for(call, _remaining(deadline))
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the reranker did not answer within {self.config.request_timeout_s} s"
                            ) from None
         except InputError as exc:
             raise ApiError(400, "bad_input", str(exc), field=exc.field) from None
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if scores.shape[0] != len(ids) or not np.all(np.isfinite(scores)):
-            raise RuntimeError(f"the reranker returned {scores.shape[0]} scores for {len(ids)} candidates "
-                               "(or non-finite values)")
-        return scores
 
     async def embed(self, items: Sequence[Item], instruction: str | None = None) -> np.ndarray:
         """(N, D) float32 unit vectors; the items join the same batches as search queries."""
@@ -248,14 +238,27 @@ class SearchEngine:
         }
 
 
-def candidate_item(meta: dict) -> Item:
-    """An indexed item, rebuilt from its metadata for the reranker."""
-    images = meta.get("images") or ([meta["image"]] if meta.get("image") else [])
-    video = meta.get("video") or None
-    if isinstance(video, list):
-        video = [Path(frame) for frame in video]
-    return Item(text=meta.get("text") or None, images=[Path(p) for p in images], id=meta.get("id"),
-                video=Path(video) if isinstance(video, str) else video)
+class _ServerReranker:
+    """The server's reranker as the pipeline calls it. The pipeline hands it the :class:`Query`:
+    lamra's Reranker places the instruction itself; a reranker whose ``score`` takes no
+    ``instruction`` reads it before the query text. The scores are checked, as a wrong count or a
+    NaN would reorder the results silently."""
+
+    def __init__(self, reranker: ScoresCandidates):
+        self.reranker = reranker
+        self.takes_instruction = _accepts(reranker.score, "instruction")
+
+    def score(self, query: Query, candidates: Sequence[Item], instruction: str | None = None, *,
+              batch_size: int | None = None) -> np.ndarray:
+        if self.takes_instruction:
+            scores = self.reranker.score(query.item(), candidates, instruction=instruction)
+        else:
+            scores = self.reranker.score(query.with_instruction_in_text(), candidates)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(candidates) or not np.all(np.isfinite(scores)):
+            raise RuntimeError(f"the reranker returned {scores.shape[0]} scores for {len(candidates)} candidates "
+                               "(or non-finite values)")
+        return scores
 
 
 def describe_reranker(reranker) -> dict | None:

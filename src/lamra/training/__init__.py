@@ -8,8 +8,9 @@ from importlib import import_module
 _EXPORTS = {
     "RetrieverTrainingArgs": "lamra.training.args",
     "load_args": "lamra.training.args",
-    "train_retriever": "lamra.training.trainer",
-    "train_reranker": "lamra.training.trainer",
+    # each side's trainer builds its recipe for the shared loop (lamra.training.loop)
+    "train_retriever": "lamra.retriever.trainer",
+    "train_reranker": "lamra.reranker.trainer",
     "merge_lora": "lamra.training.merge",
 }
 

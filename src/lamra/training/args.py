@@ -7,7 +7,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.mbeir_instructions import INSTRUCTION_CHOICES
 from ..errors import InputError
+from ..qwen2vl.prompts import MAX_RERANK_TEXT_TOKENS
+from ..reranker.scores import MAX_LISTWISE_CANDIDATES
+from ..retriever.loss import DEFAULT_TEMPERATURE
 
 DATA_KINDS = ("pairs", "mbeir")
 
@@ -42,7 +46,7 @@ class RetrieverTrainingArgs:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
-    temperature: float = 0.05
+    temperature: float = DEFAULT_TEMPERATURE
     epochs: float = 1.0
     max_steps: int | None = None         # overrides epochs
     seed: int = 0
@@ -74,9 +78,10 @@ class RetrieverTrainingArgs:
         return asdict(self)
 
 
+# The reranker's choices live here, where every config is checked before a model loads; the
+# collator and the step (which import torch or the data stack) check against these same tuples.
 LABEL_SPANS = ("answer", "answer_eos", "official")
 RERANK_LOSSES = ("sum", "joint")
-INSTRUCTION_CHOICES = ("random", "first")
 
 
 @dataclass
@@ -91,7 +96,7 @@ class RerankerTrainingArgs:
     mined: str = ""                      # the jsonl `lamra mine` wrote (top-k of every training query)
     train_queries: str | None = None     # a query jsonl (default: union_train, else query/train/*)
     train_pool: str | None = None        # the pool of positives and mined candidates (default: union train pool)
-    max_text_tokens: int = 256           # format, then cut each text to this many tokens (spec 2)
+    max_text_tokens: int = MAX_RERANK_TEXT_TOKENS  # format, then cut each text to this many tokens (spec 2)
     max_negatives: int = 4               # listwise: M negatives, M uniform in [1, max_negatives]
     label_span: str = "answer"           # "answer", "answer_eos" (+ <|im_end|>), "official" (whole assistant turn)
     loss: str = "sum"                    # "sum": L_point + L_list (spec 3); "joint": one token mean (released code)
@@ -143,9 +148,10 @@ class RerankerTrainingArgs:
         if self.max_negatives < 1:
             raise InputError("max_negatives must be at least 1 (a listwise list has 2 or more candidates)",
                              field="max_negatives")
-        if self.max_negatives > 8:
-            raise InputError("max_negatives must be at most 8: the listwise answer is one digit (1-9)",
-                             field="max_negatives")
+        # The positive joins the negatives in one list, whose answer is one digit.
+        if self.max_negatives > MAX_LISTWISE_CANDIDATES - 1:
+            raise InputError(f"max_negatives must be at most {MAX_LISTWISE_CANDIDATES - 1}: the listwise answer is "
+                             f"one digit (1-{MAX_LISTWISE_CANDIDATES})", field="max_negatives")
         if self.max_text_tokens < 1:
             raise InputError("max_text_tokens must be at least 1", field="max_text_tokens")
 

@@ -19,7 +19,7 @@ STATE_FILE = "lamra_state.json"
 
 
 class CheckpointManager:
-    def __init__(self, accelerator, folder: Path, *, keep: int = 2):
+    def __init__(self, accelerator, folder: Path, *, keep: int):  # keep: the run's save_total_limit
         self.accelerator, self.folder, self.keep = accelerator, Path(folder), keep
         accelerator.register_save_state_pre_hook(_keep_trained_weights)
 

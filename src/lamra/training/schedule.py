@@ -1,5 +1,6 @@
 """Which examples each step trains on: a seeded permutation per epoch, cut into global batches,
-each rank taking its contiguous share. Pure arithmetic, so a resumed run continues exactly."""
+each rank taking its contiguous share. Pure arithmetic, so a resumed run continues exactly.
+The batches are (epoch, index) keys; :class:`EpochIndexed` turns them into examples."""
 
 from __future__ import annotations
 
@@ -54,3 +55,18 @@ class _Steps:
             if epoch != cached_epoch:
                 cached_epoch, order = epoch, self.batches.order(epoch)
             yield self.batches.batch(step, order)
+
+
+class EpochIndexed:
+    """A map-style dataset over (epoch, index) keys, for a DataLoader with worker processes:
+    ``dataset.example(index, epoch)`` (each side's training data draws per (seed, epoch, index))."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        return self.dataset.example(index, epoch)

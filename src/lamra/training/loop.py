@@ -2,9 +2,10 @@
 
 The retriever (InfoNCE) and the reranker (next-token cross-entropy on answers) share the loop;
 what differs is a :class:`Recipe`: the dataset, the module accelerate prepares, the collator
-and the step. The loop is short on purpose: data order comes from :mod:`.schedule`
-(deterministic, so a resumed run sees the same batches), the steps from :mod:`.steps` /
-:mod:`.rerank_steps`, checkpoints from :mod:`.checkpoints`.
+and the step. Each side builds its own (:mod:`lamra.retriever.trainer`,
+:mod:`lamra.reranker.trainer`), so this module imports neither side. The loop is short on
+purpose: data order comes from :mod:`.schedule` (deterministic, so a resumed run sees the same
+batches), checkpoints from :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from ..settings import ModelSettings
-from .args import RerankerTrainingArgs, RetrieverTrainingArgs
 from .checkpoints import CheckpointManager
-from .schedule import StepBatches
+from .schedule import EpochIndexed, StepBatches
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ logger = logging.getLogger(__name__)
 class Recipe:
     """What one kind of training brings to the shared loop.
 
-    - ``dataset``: ``len()`` and ``example(index, epoch)`` (seeded per example, see :mod:`.data`);
+    - ``dataset``: ``len()`` and ``example(index, epoch)`` (seeded per example, see each side's ``data``);
     - ``wrap(backbone)``: the ``torch.nn.Module`` accelerate prepares (it owns the parameters);
     - ``collator(processor)``: examples -> a batch (model-free: it runs in DataLoader workers);
     - ``step(accelerator, model, batch)``: forward and backward; the loss (a tensor) or a dict of
@@ -44,69 +43,6 @@ class Recipe:
     step: Callable
 
 
-def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
-    from ..retriever.collator import RetrievalCollator
-    from ..retriever.model import Retriever
-    from ..retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
-
-    step = gradient_cache_step if args.chunk_size else plain_step
-    return Recipe(
-        name="retriever",
-        dataset=build_dataset(args),
-        wrap=lambda backbone: EmbeddingModel(Retriever(backbone)),
-        collator=lambda processor: RetrievalCollator(processor, text_rule=args.text_rule, chunk_size=args.chunk_size),
-        step=partial(step, temperature=args.temperature),
-    )
-
-
-def reranker_recipe(args: RerankerTrainingArgs) -> Recipe:
-    from ..reranker.collator import RerankCollator
-    from ..reranker.data import RerankTrainDataset
-    from ..reranker.steps import AnswerModel, answer_loss_step
-
-    dataset = RerankTrainDataset(args.data, args.mined, queries=args.train_queries, pool=args.train_pool,
-                                 seed=args.seed, max_negatives=args.max_negatives, instructions=args.instructions)
-    return Recipe(
-        name="reranker",
-        dataset=dataset,
-        wrap=AnswerModel,
-        collator=lambda processor: RerankCollator(processor, max_text_tokens=args.max_text_tokens,
-                                                  label_span=args.label_span, chunk_size=args.chunk_size),
-        step=partial(answer_loss_step, loss=args.loss),
-    )
-
-
-def build_dataset(args: RetrieverTrainingArgs):
-    from ..retriever.data import MBEIRTrainDataset, PairDataset
-
-    if args.data_kind == "pairs":
-        return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
-    return MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
-                             use_hard_negatives=args.use_hard_negatives)
-
-
-def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
-    """Train LamRA-Ret: a LoRA (or the full language model) with InfoNCE; returns the adapter folder.
-
-    Writes ``OUTPUT/adapter`` (peft adapter + the tokenizer with ``<emb>``), ``OUTPUT/checkpoints``
-    (resumable: weights, optimizer, scheduler, RNG, step), ``OUTPUT/train_log.jsonl``; each
-    logged record also goes to ``on_log`` on the main process (the CLI prints it).
-    """
-    args.check()
-    return train(args, retriever_recipe(args), on_log=on_log)  # bad data fails in the recipe, before the model
-
-
-def train_reranker(args: RerankerTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
-    """Train LamRA-Rank: a LoRA on the raw Qwen2-VL-Instruct model with the pointwise + listwise
-    answer loss; returns the adapter folder (``Reranker.from_pretrained(model, lora=adapter)``).
-
-    Same outputs, resume and logging as :func:`train_retriever`; the log also holds the two
-    parts of the loss (``pointwise_loss``, ``listwise_loss``).
-    """
-    args.check()
-    return train(args, reranker_recipe(args), on_log=on_log)
-
-
 def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None) -> Path:
     """The shared loop: model + LoRA, optimizer, schedule, checkpoints, logging, the adapter."""
     import torch
@@ -116,7 +52,6 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
     from transformers import get_cosine_schedule_with_warmup
 
     from ..qwen2vl.backbone import load_backbone, resolve_dtype
-    from ..retriever.data import EpochIndexed
 
     dataset = recipe.dataset
     output = Path(args.output_dir)

@@ -1,0 +1,49 @@
+"""Training LamRA-Ret: InfoNCE over the global batch, on the shared loop (:mod:`lamra.training.loop`).
+
+This module only says what the retriever brings to the loop (:func:`retriever_recipe`): its
+data (stage-1 pairs or stage-2 M-BEIR queries), the embedding model, the collator and the step.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from ..training.args import RetrieverTrainingArgs
+from ..training.loop import Recipe, train
+
+
+def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
+    from .collator import RetrievalCollator
+    from .model import Retriever
+    from .steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    step = gradient_cache_step if args.chunk_size else plain_step
+    return Recipe(
+        name="retriever",
+        dataset=build_dataset(args),
+        wrap=lambda backbone: EmbeddingModel(Retriever(backbone)),
+        collator=lambda processor: RetrievalCollator(processor, text_rule=args.text_rule, chunk_size=args.chunk_size),
+        step=partial(step, temperature=args.temperature),
+    )
+
+
+def build_dataset(args: RetrieverTrainingArgs):
+    from .data import MBEIRTrainDataset, PairDataset
+
+    if args.data_kind == "pairs":
+        return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
+    return MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
+                             use_hard_negatives=args.use_hard_negatives)
+
+
+def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
+    """Train LamRA-Ret: a LoRA (or the full language model) with InfoNCE; returns the adapter folder.
+
+    Writes ``OUTPUT/adapter`` (peft adapter + the tokenizer with ``<emb>``), ``OUTPUT/checkpoints``
+    (resumable: weights, optimizer, scheduler, RNG, step), ``OUTPUT/train_log.jsonl``; each
+    logged record also goes to ``on_log`` on the main process (the CLI prints it).
+    """
+    args.check()
+    return train(args, retriever_recipe(args), on_log=on_log)  # bad data fails in the recipe, before the model
