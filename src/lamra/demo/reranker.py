@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..evaluation.cache import file_sha256
+from ..digests import file_sha256
 from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION
 from .default_model import (
     DEFAULT_MODEL_FILE,

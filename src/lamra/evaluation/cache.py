@@ -22,17 +22,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..digests import file_sha256, strings_sha256
 from ..errors import InputError
-from ..index.files import file_sha256 as sha256_of_file
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-_HASHES: dict[tuple, str] = {}
 
 
 class Encoder(Protocol):
@@ -42,23 +41,6 @@ class Encoder(Protocol):
                **options) -> np.ndarray: ...
 
     def fingerprint(self) -> dict: ...
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file, memoised on (path, size, mtime)."""
-    path = Path(path)
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _HASHES:
-        _HASHES[memo] = sha256_of_file(path)
-    return _HASHES[memo]
-
-
-def strings_sha256(values: Iterable[str | None]) -> str:
-    digest = hashlib.sha256()
-    for value in values:
-        digest.update(b"\x00" if value is None else value.encode("utf-8") + b"\x01")
-    return digest.hexdigest()
 
 
 def cache_key(fingerprint: dict, parts: dict) -> str:

@@ -33,12 +33,13 @@ import numpy as np
 
 from ..data.mbeir import MBEIRLayout, candidate_from_record, get_task, read_qrels, read_queries
 from ..data.mbeir_instructions import load_instructions
+from ..digests import file_sha256, strings_sha256
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 from ..items import Item
 from ..pipeline import LISTWISE, MODES, POINTWISE, RERANK_TOP_K, Hit, alpha_for, fuse_ranked, rerank_scores
 from ..progress import progress_bar
-from .cache import cache_key, file_sha256, strings_sha256
+from .cache import cache_key
 from .mbeir import REFERENCE_CUTOFFS, distinct_slots, task_instructions
 from .metrics import evaluate_run
 from .report import TaskResult, read_trec_run, write_rerank_reports, write_trec_run

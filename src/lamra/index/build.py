@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -35,9 +35,6 @@ from ..progress import progress_bar
 from . import files
 from .backends import resolve_params
 from .checks import FINGERPRINT_KEYS, check_fingerprint, check_new_ids
-
-if TYPE_CHECKING:
-    from .store import Index
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +90,11 @@ def per_item_instructions(instruction, count: int) -> list:
     return instruction
 
 
-def build_index(cls: type[Index], items, retriever, path, *, backend: str = "flat", dtype: str = "float16",
+def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dtype: str = "float16",
                 shard_size: int = 1024, show_progress: bool = True, skip_bad: bool = False,
                 batch_size: int | None = None, max_batch_tokens: int | None = None,
                 instruction: str | Sequence[str | None] | None = None,
-                skip_hint: str | None = SKIP_HINT, **backend_params) -> Index:
+                skip_hint: str | None = SKIP_HINT, **backend_params):
     """See :meth:`Index.build`, which passes itself as ``cls`` (so this module needs no import of
     the store). ``skip_hint``: what a bad item's error suggests (None: nothing)."""
     path = Path(path)
@@ -138,7 +135,7 @@ def build_index(cls: type[Index], items, retriever, path, *, backend: str = "fla
         return cls.open(path, verify=False)  # just written (and checked) by rank 0
 
 
-def add_items(index: Index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024,
+def add_items(index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024,
               skip_bad: bool = False, skip_existing: bool = False, batch_size: int | None = None,
               max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
               skip_hint: str | None = SKIP_HINT) -> None:
@@ -227,7 +224,7 @@ def _already_built(path: Path, plan: dict) -> None:
     _discard_work(path)
 
 
-def _add_finished_earlier(index: Index, plan: dict) -> bool:
+def _add_finished_earlier(index, plan: dict) -> bool:
     """True if the interrupted add in the work folder was committed before the kill (clean up)."""
     old = _read_plan(index.path / WORK)
     if old is None or old.get("kind") != "add" or old.get("target_segment", 0) >= len(index.manifest["segments"]):

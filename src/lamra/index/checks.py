@@ -6,14 +6,11 @@ Shared by :mod:`~lamra.index.store` (opening, appending) and :mod:`~lamra.index.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Collection
 
 import numpy as np
 
 from ..errors import IncompatibleArtifactError, InputError
-
-if TYPE_CHECKING:
-    from .store import Index
 
 # What an index records of the encoder that made it; "settings" holds the vector-changing
 # ModelSettings fields (lamra.settings), absent for encoders without any (baselines).
@@ -59,7 +56,7 @@ def _norm(value):
     return int(value) if isinstance(value, (int, np.integer)) else (None if value in ("", None) else str(value))
 
 
-def check_new_ids(ids: list[str], index: Index | None) -> None:
+def check_new_ids(ids: list[str], index: Collection[str] | None) -> None:
     """Refuse an id given twice, or one already in ``index``."""
     seen: set[str] = set()
     for item_id in ids:

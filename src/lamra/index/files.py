@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..digests import sha256_of_file
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 
 MANIFEST = "manifest.json"
 INDEX_FORMAT = "lamra-index-1"
-_READ_BLOCK = 64 * 1024 * 1024
 
 
 class CorruptIndexError(InputError):
@@ -49,25 +49,16 @@ def check_size(folder: Path, entry: dict) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in large blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_file(folder: Path, name: str) -> dict:
     """The manifest entry (path, bytes, sha256) of a file already written in ``folder``."""
     path = folder / name
-    return {"path": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_of_file(path)}
 
 
 def verify_file(folder: Path, entry: dict) -> Path:
     """Check size and sha256 of a manifest entry's file (reads the whole file)."""
     path = check_size(folder, entry)
-    if file_sha256(path) != entry["sha256"]:
+    if sha256_of_file(path) != entry["sha256"]:
         raise CorruptIndexError("index file does not match the checksum in the manifest (corrupt); "
                                 "rebuild the index", file=str(path))
     return path

@@ -380,7 +380,7 @@ def _with_params(searcher, overrides: dict):
 
 
 def new_manifest(fingerprint: dict, *, dtype: str, backend: str, params: dict) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     stamp = now()
     return {

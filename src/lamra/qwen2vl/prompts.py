@@ -179,6 +179,9 @@ LISTWISE_INSTRUCTION = (
     "and respond with the number corresponding to the candidate that best meets the requirements of the query."
 )
 LISTWISE_ANSWER_PREFIX = "Ans: ("
+# The listwise answer is one digit, so at most 9 candidates share a prompt (the reranker's
+# window; in training, the positive and at most 8 negatives).
+MAX_LISTWISE_CANDIDATES = 9
 
 
 def _item_parts(item: Any, instruction: str | None, truncate) -> list[dict]:

@@ -392,7 +392,7 @@ def _assemble(plan: _Plan, results: Path, out: Path) -> None:
 
 def _plan_record(retriever, plan: _Plan, *, k: int, pools: str, instructions: str, seed: int, root) -> dict:
     """What the results depend on; a resumed run must match it."""
-    from ..evaluation.cache import file_sha256, strings_sha256
+    from ..digests import file_sha256, strings_sha256
 
     return {
         "format": MINED_FORMAT,

@@ -23,12 +23,17 @@ import numpy as np
 
 from ..items import Item, as_item
 from ..qwen2vl.backbone import Backbone, load_backbone
-from ..qwen2vl.prompts import LISTWISE_ANSWER_PREFIX, listwise_messages, pointwise_messages, render_chat
+from ..qwen2vl.prompts import (
+    LISTWISE_ANSWER_PREFIX,
+    MAX_LISTWISE_CANDIDATES,
+    listwise_messages,
+    pointwise_messages,
+    render_chat,
+)
 from ..settings import ModelSettings
 from .forward import plain_answer_logits, shared_prefix_answer_logits, tokenize
 from .listwise import ranking, tournament
-from .scores import (MAX_LISTWISE_CANDIDATES, NO, YES, checkpoint_repetition_penalty, penalize_repeated,
-                     yes_probability)
+from .scores import NO, YES, checkpoint_repetition_penalty, penalize_repeated, yes_probability
 
 DEFAULT_ALPHA = 0.5
 # Candidates (pointwise) or windows (listwise) per forward. On a GPU one batch takes a whole

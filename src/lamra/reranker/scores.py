@@ -22,9 +22,6 @@ from typing import Sequence
 
 # The answers: training teaches them (the collator), scoring reads their logits.
 YES, NO = "Yes", "No"  # pointwise
-# Listwise: the answer is one digit, so at most 9 candidates share a prompt (the reranker's
-# window; in training, the positive and at most 8 negatives).
-MAX_LISTWISE_CANDIDATES = 9
 
 
 def checkpoint_repetition_penalty(model) -> float:

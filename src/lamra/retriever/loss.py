@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
-if TYPE_CHECKING:
-    import torch
-
-# LamRA's InfoNCE temperature (spec 4); the training arguments' default too, so torch loads
-# only inside info_nce (reading the arguments must not import it).
-DEFAULT_TEMPERATURE = 0.05
+from ..training.args import DEFAULT_TEMPERATURE
 
 
 def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None, *,
@@ -21,8 +16,6 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
     and candidates join one global batch (gradients flow back to their owners), so all ranks
     compute the same loss: the paper's global-batch negatives.
     """
-    import torch
-
     if gather:
         from ..distributed import all_gather_with_grad
 

@@ -22,8 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..items import Item
+from ..version import __version__
 from .engine import Query, SearchEngine
 from .limits import (
     ApiError,

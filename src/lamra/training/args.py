@@ -9,11 +9,10 @@ from typing import Any
 
 from ..data.mbeir_instructions import INSTRUCTION_CHOICES
 from ..errors import InputError
-from ..qwen2vl.prompts import MAX_RERANK_TEXT_TOKENS
-from ..reranker.scores import MAX_LISTWISE_CANDIDATES
-from ..retriever.loss import DEFAULT_TEMPERATURE
+from ..qwen2vl.prompts import MAX_LISTWISE_CANDIDATES, MAX_RERANK_TEXT_TOKENS
 
 DATA_KINDS = ("pairs", "mbeir")
+DEFAULT_TEMPERATURE = 0.05  # LamRA's InfoNCE temperature (spec 4); the loss's default too
 
 
 @dataclass
