@@ -32,3 +32,15 @@ def test_demo_rankings_are_the_pipelines_when_a_reranker_is_given(tmp_path, tiny
     assert [hit.id for hit in expected] != list(ids[0])  # so the first check saw reranking happen
     # A reranker trained and validated for other tasks leaves this task's ranking alone.
     assert shown((reranker, {"another_task": alpha}, 4)) == list(ids[0])
+
+
+def test_python_m_lamra_demo_runs_the_demo_entry_point():
+    """``make demo`` runs ``python -m lamra.demo``: the package's __main__ must reach the demo's
+    own argument parser (its --help names the demo's options)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "lamra.demo", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--train-reranker" in done.stdout and "--untrained" in done.stdout
