@@ -143,3 +143,17 @@ def test_lamra_help_imports_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _room(module: str) -> str:
+    """A module's folder under lamra (or the top-level module itself): lamra.reranker.model -> reranker."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "lamra"
+
+
+def test_no_two_folders_import_each_other():
+    # The rooms of docs/architecture.md stand on floors: every arrow between two of them points down.
+    rooms: dict[str, set[str]] = {}
+    for module, imports in GRAPH.items():
+        rooms.setdefault(_room(module), set()).update(_room(name) for name in imports if _room(name) != _room(module))
+    assert _cycles(rooms) == []
