@@ -122,3 +122,37 @@ def test_the_real_reranker_through_the_pipeline(tiny_checkpoint, tiny_retriever,
     p_yes = reranker.score(query, docs)
     assert [h.id for h in reranked] == [docs[i].id for i in np.argsort(-p_yes, kind="stable")]
     assert [h.rerank for h in reranked] == pytest.approx(sorted(p_yes, reverse=True), abs=1e-5)
+
+
+class TableIndex:
+    """An index whose search returns HITS (ids best first) and whose metadata rebuilds CANDIDATES."""
+
+    def search(self, vectors, k, **params):
+        self.params = params
+        rows = HITS[:k]
+        return np.array([[s for _, s in rows]] * len(vectors)), [[i for i, _ in rows]] * len(vectors)
+
+    def metadata(self, item_id):
+        return {"id": item_id, "text": CANDIDATES[item_id].text}
+
+
+class NoEncoder:
+    def encode(self, queries, instruction=None, **options):
+        return np.zeros((len(queries), 4), dtype=np.float32)
+
+
+def test_the_pipeline_object_retrieves_reranks_the_top_k_and_fuses():
+    from lamra.pipeline import Pipeline
+
+    reranker = TableReranker(RERANK)
+    pipeline = Pipeline(NoEncoder(), TableIndex(), reranker, top_k=3, alpha=0.0)
+    [ranked] = pipeline.search(["q"], k=5, nprobe=7)
+    # The reranker saw the top 3 only (rebuilt from the index's metadata), and ordered them
+    # (alpha 0); the next two follow in retrieval order.
+    assert reranker.calls == [("score", "q", ["doc 0", "doc 1", "doc 2"], None)]
+    assert [hit.id for hit in ranked] == ["d1", "d2", "d0", "d3", "d4"]
+    assert [hit.fused for hit in ranked[3:]] == [None, None]
+    assert pipeline.index.params == {"nprobe": 7}
+    # Retrieval alone, without a reranker: the index's order, k hits.
+    [plain] = Pipeline(NoEncoder(), TableIndex(), top_k=3).search(["q"], k=2)
+    assert [(hit.id, hit.retrieval, hit.rerank) for hit in plain] == [("d0", 0.9, None), ("d1", 0.8, None)]
