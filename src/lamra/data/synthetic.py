@@ -26,12 +26,11 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
+from .generated import write_generated
 from .mbeir import DATASETS, TASKS, MBEIRLayout, Task, format_qrels_line
 from .mbeir_instructions import write_instructions
 
@@ -462,23 +461,9 @@ def synthesize(out: str | os.PathLike, config: SynthConfig | None = None, *, ove
     config = config or SynthConfig()
     if min(config.test_queries, config.train_queries, config.pool_size) < 0 or config.image_size < 16:
         raise InputError("sizes must be >= 0 and the image size >= 16")
-    out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out} exists; pass overwrite=True (--force) to replace a synthetic dataset")
-        if not (out / MARKER).is_file():
-            raise InputError(f"{out} exists and is not a synthetic dataset (no {MARKER}); not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        counts = _generate(building, config)
-        manifest = {"generator": "lamra.data.synthetic", "version": SYNTHETIC_VERSION, "config": dict(config.__dict__),
-                    "counts": counts}
-        (building / MARKER).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return manifest
+
+    def build(folder: Path) -> dict:
+        return {"generator": "lamra.data.synthetic", "version": SYNTHETIC_VERSION, "config": dict(config.__dict__),
+                "counts": _generate(folder, config)}
+
+    return write_generated(out, build, marker=MARKER, what="synthetic dataset", overwrite=overwrite)

@@ -18,12 +18,11 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..data.generated import write_generated
 from ..data.mbeir import TASKS_FILE, MBEIRLayout, format_qrels_line
 from ..data.mbeir_instructions import write_instructions
 from ..errors import InputError
@@ -448,32 +447,18 @@ def build_demo_data(out: str | os.PathLike, config: DemoConfig | None = None, so
     missing = sources.missing()
     if missing:
         raise SourcesMissing(missing)
-    out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out} exists; pass overwrite=True (--force) to replace a demo data set")
-        if not (out / MARKER).is_file():
-            raise InputError(f"{out} exists and is not a demo data set (no {MARKER}); not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        build = _Build(building, config, max(1, workers), show_progress)
-        _clipart(build, Path(sources.clipart))
-        _fashion_mnist(build, Path(sources.fashion_mnist))
-        pairs = _wordnet(build, Path(sources.wordnet))
-        counts = _write(build, pairs)
-        manifest = {"generator": "lamra.demo.data", "version": DEMO_VERSION,
-                    "config": {"seed": config.seed, "image_size": config.image_size, **asdict(config.size)},
-                    "sources": {"clipart": str(sources.clipart), "fashion_mnist": str(sources.fashion_mnist),
-                                "wordnet": str(sources.wordnet)},
-                    "tasks": [task for task, _, _ in DEMO_TASKS], "counts": counts,
-                    "skipped": dict(sorted(build.skipped.items()))}
-        (building / MARKER).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.chmod(building, 0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return manifest
+
+    def build(folder: Path) -> dict:
+        state = _Build(folder, config, max(1, workers), show_progress)
+        _clipart(state, Path(sources.clipart))
+        _fashion_mnist(state, Path(sources.fashion_mnist))
+        pairs = _wordnet(state, Path(sources.wordnet))
+        counts = _write(state, pairs)
+        return {"generator": "lamra.demo.data", "version": DEMO_VERSION,
+                "config": {"seed": config.seed, "image_size": config.image_size, **asdict(config.size)},
+                "sources": {"clipart": str(sources.clipart), "fashion_mnist": str(sources.fashion_mnist),
+                            "wordnet": str(sources.wordnet)},
+                "tasks": [task for task, _, _ in DEMO_TASKS], "counts": counts,
+                "skipped": dict(sorted(state.skipped.items()))}
+
+    return write_generated(out, build, marker=MARKER, what="demo data set", overwrite=overwrite)

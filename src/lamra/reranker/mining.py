@@ -52,6 +52,7 @@ from ..data.mbeir import (
     iter_candidates,
 )
 from ..data.mbeir_instructions import INSTRUCTION_CHOICES, load_instructions
+from ..digests import file_sha256, strings_sha256
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 from ..retriever.data import default_query_files, read_query_files
@@ -392,8 +393,6 @@ def _assemble(plan: _Plan, results: Path, out: Path) -> None:
 
 def _plan_record(retriever, plan: _Plan, *, k: int, pools: str, instructions: str, seed: int, root) -> dict:
     """What the results depend on; a resumed run must match it."""
-    from ..digests import file_sha256, strings_sha256
-
     return {
         "format": MINED_FORMAT,
         "fingerprint": retriever.fingerprint(),
