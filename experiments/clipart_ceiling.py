@@ -166,8 +166,9 @@ def tower_features(tower: nn.Module):
         grid = batch["image_grid_thw"]
         out = tower(batch["pixel_values"], grid_thw=grid)
         merged = out if torch.is_tensor(out) else out.pooler_output  # one row per merged token
-        tokens = int(grid[0].prod()) // tower.config.spatial_merge_size ** 2
-        return merged.view(len(images), tokens, -1).mean(1)
+        # Each image's own tokens (a picture of another shape has another count), averaged.
+        tokens = [int(thw.prod()) // tower.config.spatial_merge_size ** 2 for thw in grid]
+        return torch.stack([part.mean(0) for part in merged.split(tokens)])
     return features
 
 

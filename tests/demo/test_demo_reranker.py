@@ -232,3 +232,145 @@ def test_the_demo_shows_a_reranked_task_test_query_both_ways(demo_setup):
 
     assert [row[1] for row in rows] == [label(c) for c in top]
     assert [row[2] for row in rows] == [label(c) for c in reranked]
+
+
+# -- the numbers it reports ---------------------------------------------------------------------
+
+OTHER_WORDS = ["copper", "meadow", "saddle", "quartz", "barrel", "falcon", "orchid", "lantern"]
+
+
+def add_other_task(root: Path) -> list[str]:
+    """A second declared text-to-text task (val and test splits) beside toy_task1; the demo
+    reranker is not trained for it. Returns its qids."""
+    tasks = json.loads((root / "tasks.json").read_text())
+    tasks["datasets"].append({"name": "other", "id": 41, "display": "Other"})
+    tasks["tasks"].append({"name": "other_task1", "dataset": "other", "task_id": 1, "recall_k": 5})
+    (root / "tasks.json").write_text(json.dumps(tasks))
+    with open(root / "instructions/query_instructions.tsv", "a") as handle:
+        handle.write("text\ttext\tOther\t41\tRetrieve a sentence naming the given word.\t\t\t\n")
+    qids = []
+    for name, words, pool_file in (("val", OTHER_WORDS[:4], "cand_pool/global/mbeir_union_val_cand_pool.jsonl"),
+                                   ("test", OTHER_WORDS[4:], "cand_pool/local/mbeir_other_task1_cand_pool.jsonl")):
+        queries, pool = [], []
+        for number, word in enumerate(words):
+            first = 100 + 2 * number + (50 if name == "test" else 0)
+            did, qid = f"41:{first}", f"41:{first + 1}"
+            pool.append({"txt": f"a sentence naming the {word}", "img_path": None, "modality": "text", "did": did,
+                         "src_content": None})
+            queries.append({"qid": qid, "query_txt": word, "query_img_path": None, "query_modality": "text",
+                            "query_src_content": None, "pos_cand_list": [did], "neg_cand_list": [], "task_id": 1})
+            qids.append(qid)
+        (root / f"query/{name}/mbeir_other_task1_{name}.jsonl").write_text(
+            "".join(json.dumps(q) + "\n" for q in queries))
+        with open(root / pool_file, "a") as handle:
+            handle.write("".join(json.dumps(c) + "\n" for c in pool))
+        (root / f"qrels/{name}/mbeir_other_task1_{name}_qrels.txt").write_text(
+            "".join(f"{q['qid']} 0 {q['pos_cand_list'][0]} 1 1\n" for q in queries))
+    return qids
+
+
+def add_near_misses(root: Path) -> None:
+    """Two candidates per toy val / test query that end like its answer without being it, so the
+    retriever's top 3 holds the answer, but not always first."""
+    number = iter(range(500, 600))
+    for words, pool_file in ((WORDS[12:16], "cand_pool/global/mbeir_union_val_cand_pool.jsonl"),
+                             (WORDS[16:20], "cand_pool/local/mbeir_toy_task1_cand_pool.jsonl")):
+        with open(root / pool_file, "a") as handle:
+            for word in words:
+                for text in (f"not a sentence about the {word}", f"a word list: stone, {word}, the {word}"):
+                    handle.write(json.dumps({"txt": text, "img_path": None, "modality": "text",
+                                             "did": f"40:{next(number)}", "src_content": None}) + "\n")
+
+
+class WordMatch:
+    """A reranker as sharp as can be: P(Yes) 1 for a candidate that is a sentence about the
+    query's word, else 0. It refuses the queries of the task it was not trained for."""
+
+    def __init__(self, forbidden: set[str]):
+        self.forbidden = forbidden
+
+    def fingerprint(self) -> str:
+        return "word-match"
+
+    def score(self, query, candidates, instruction=None, *, batch_size=None):
+        assert query.id not in self.forbidden, f"scored {query.id}, a query of a task it was not trained for"
+        return np.array([relevant(query.text, c.text) for c in candidates], dtype=np.float32)
+
+
+def relevant(word: str, text: str) -> float:
+    return float(text in (f"a sentence about the {word}", f"a sentence naming the {word}"))
+
+
+def read_run(path: Path) -> dict[str, list[tuple[str, float]]]:
+    run: dict[str, list[tuple[str, float]]] = {}
+    for line in path.read_text().splitlines():
+        qid, _, did, _, score, _ = line.split()
+        run.setdefault(qid, []).append((did, float(score)))
+    return run
+
+
+def hit_rate(run: dict[str, list[str]], positives: dict[str, set[str]], k: int) -> float:
+    """M-BEIR's Recall@k (percent): the share of queries with a positive in the top k."""
+    hits = [bool(set(run.get(qid, [])[:k]) & wanted) for qid, wanted in positives.items()]
+    return round(100 * float(np.mean(hits)), 2)
+
+
+def test_the_reported_numbers_are_those_of_the_written_runs(tmp_path, tiny_checkpoint, monkeypatch):
+    """Ret and Ret+Rank recomputed from the run files and qrels equal the reported rows; the test
+    split was fused with the alpha chosen on val (not the released one, 0.5 for an unknown task);
+    the task the reranker was not trained for is never scored and keeps Ret."""
+    from lamra import Retriever
+    from lamra.evaluation.rerank import rerank_mbeir
+    from lamra.reranker import model as reranker_model
+
+    data = tiny_demo_root(tmp_path / "data")
+    other_qids = add_other_task(data)
+    add_near_misses(data)
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["eval"].update(tasks=["toy_task1"], alphas=[0.0, 0.3, 1.0])
+    reranker = WordMatch(set(other_qids))
+    monkeypatch.setattr(reranker_model.Reranker, "from_pretrained", lambda *args, **kwargs: reranker)
+    retriever = Retriever.from_pretrained(tiny_checkpoint, device="cpu")
+    evaluation = demo_reranker.evaluate_demo_reranker(retriever, "unused", data, tmp_path / "eval", recipe=recipe,
+                                                      show_progress=False)
+    alpha = evaluation["alphas"]["toy_task1"]
+    # val: the word match puts every answer of the top 3 first at 0.0 and 0.3 (ties go to the larger)
+    assert alpha == 0.3, evaluation["val"]
+    table = evaluation["test"]
+    assert list(table) == ["toy_task1", "other_task1"]
+    runs = tmp_path / "eval" / "test" / "runs"
+    for task in table:
+        qrels = (data / f"qrels/test/mbeir_{task}_test_qrels.txt").read_text().splitlines()
+        positives: dict[str, set[str]] = {}
+        for line in qrels:
+            positives.setdefault(line.split()[0], set()).add(line.split()[2])
+        retrieved = read_run(runs / f"mbeir_{task}_local_test.trec")
+        row = table[task]
+        assert row["Ret"] == {f"R@{k}": hit_rate({q: [d for d, _ in h] for q, h in retrieved.items()}, positives, k)
+                              for k in (1, 5)}
+        if task == "other_task1":
+            assert row["reranked"] is False and row["alpha"] == 1.0 and row["Ret+Rank"] == row["Ret"]
+            assert not (runs / f"mbeir_{task}_local_test_rerank.trec").exists()
+            continue
+        reranked = read_run(runs / f"mbeir_{task}_local_test_rerank.trec")  # the fused top 3
+        order = {qid: [d for d, _ in hits] + [d for d, _ in retrieved[qid][len(hits):]]
+                 for qid, hits in reranked.items()}
+        assert row["Ret+Rank"] == {f"R@{k}": hit_rate(order, positives, k) for k in (1, 5)}
+        assert row["Ret+Rank"]["R@1"] > row["Ret"]["R@1"]  # the reranker changed what is reported
+        assert row["reranked"] is True and row["alpha"] == alpha
+        word = {q["qid"]: q["query_txt"] for q in map(json.loads, (data / f"query/test/mbeir_{task}_test.jsonl")
+                                                      .read_text().splitlines())}
+        text = {c["did"]: c["txt"] for c in map(json.loads, (data / f"cand_pool/local/mbeir_{task}_cand_pool.jsonl")
+                                                .read_text().splitlines())}
+        for qid, hits in reranked.items():  # the fused scores: alpha S_ret + (1 - alpha) P(Yes), the val alpha
+            s_ret = dict(retrieved[qid])
+            for did, fused in hits:
+                p_yes = relevant(word[qid], text[did])
+                assert fused == pytest.approx(alpha * s_ret[did] + (1 - alpha) * p_yes, abs=2e-6), (qid, did)
+
+    # The returned object lists every evaluated task, reranked or not, in the evaluation's order.
+    results = rerank_mbeir(tmp_path / "eval" / "test", reranker, tasks=["toy_task1"], top_k=3, alpha=alpha,
+                           show_progress=False)
+    assert [row.task for row in results.reranked] == ["toy_task1"]
+    assert [row.task for row in results.all_tasks] == ["toy_task1", "other_task1"]
+    assert results.all_tasks[1].metrics["Recall@1"] == pytest.approx(table["other_task1"]["Ret"]["R@1"], abs=0.01)

@@ -116,3 +116,52 @@ def test_training_makes_features_of_one_category_closer(tmp_path):
     trained = module.train_classifier(module.SmallCNN, module.cnn_features, train, ["r"] * 24 + ["b"] * 24, epochs=4,
                                       batch_size=16)
     assert margin(trained) > margin(untrained) + 0.05
+
+
+def test_recall_at_5_stops_at_rank_5(tmp_path):
+    """Features at distinct angles rank the pool in a known order: positives at ranks 6, 2 and 1
+    give R@1 1/3 and R@5 2/3 (a sixth candidate counted would make it 3/3)."""
+    import math
+
+    import torch
+
+    data = tmp_path / "data"
+    shades = {k: (20 * k, 0, 0) for k in range(8)}  # pool k sits at 10 k degrees from the query (shade 0)
+    pool = []
+    for k in range(1, 8):
+        relative = f"mbeir_images/clipart_images/p{k}.png"
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (56, 56), shades[k]).save(data / relative)
+        pool.append({"did": f"20:{k}", "img_path": relative, "src_content": "{}"})
+    query_image = "mbeir_images/clipart_images/q.png"
+    Image.new("RGB", (56, 56), shades[0]).save(data / query_image)
+    write_jsonl(data / "cand_pool" / "local" / "mbeir_clipart_task4_cand_pool.jsonl", pool)
+    write_jsonl(data / "query" / "test" / "mbeir_clipart_task4_test.jsonl", [
+        {"qid": f"20:{100 + n}", "query_img_path": query_image, "pos_cand_list": [f"20:{rank}"]}
+        for n, rank in enumerate((6, 2, 1))])
+
+    def features(images):
+        angles = [math.radians(image.getpixel((0, 0))[0] / 2) for image in images]
+        return torch.tensor([[math.cos(a), math.sin(a)] for a in angles])
+
+    assert load().TestTask(data).recall(features) == (33.3, 66.7)
+
+
+def test_tower_features_of_a_batch_are_each_images_own(tiny_checkpoint):
+    """The tower's merged tokens are averaged per image: a batch of two gives what each image gives
+    alone, for two pictures of one size and for two of different sizes (different token counts)."""
+    import torch
+
+    module = load()
+    features = module.tower_features(module.load_tower(tiny_checkpoint))
+    red = Image.new("RGB", (80, 60), COLOURS["red"])
+    striped = Image.new("RGB", (56, 56), COLOURS["blue"])
+    for x in range(0, 56, 8):
+        striped.paste(COLOURS["green"], (x, 0, x + 4, 56))
+    square = Image.new("RGB", (56, 56), COLOURS["red"])
+    with torch.no_grad():
+        for pair in ((square, striped), (red, striped)):  # the same size, then two sizes (token counts)
+            both = features(list(pair))
+            alone = torch.cat([features([image]) for image in pair])
+            assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # two different pictures
+            torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-4)

@@ -124,6 +124,8 @@ def test_pooled_position_is_token_before_emb(tmp_path, qwen_tokenizer):
 def test_truncation_to_480_tokens(qwen_tokenizer):
     long_text = " ".join(f"word{i}" for i in range(2000))
     cut = truncate_text(long_text, qwen_tokenizer, 480)
-    assert len(qwen_tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 480
+    ids = qwen_tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert cut == qwen_tokenizer.decode(ids[:480])  # exactly the first 480 tokens: none lost at the cut
+    assert len(qwen_tokenizer(cut, add_special_tokens=False)["input_ids"]) == 480
     assert long_text.startswith(cut)
     assert truncate_text("short text", qwen_tokenizer, 480) == "short text"

@@ -1,7 +1,8 @@
 """Run under torchrun: one training step's loss and LoRA gradients, saved by rank 0.
 
 python -m torch.distributed.run --nproc-per-node N ddp_equivalence.py CHECKPOINT OUT [--chunk-size K]
-Every process takes its contiguous share of the same global batch of 8 text pairs.
+Every process takes its contiguous share of the same global batch of 8 text pairs, each
+with one hard negative.
 """
 
 import sys
@@ -28,7 +29,9 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     retriever.backbone.train()
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-    examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i))
+    # One hard negative per example: they join the global batch's candidates too.
+    examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i),
+                        hard_negative=Item(text=f"not the {c} one, number {7 - i}"))
                 for i, c in enumerate(colours)]
     share = len(examples) // accelerator.num_processes
     mine = examples[accelerator.process_index * share : (accelerator.process_index + 1) * share]

@@ -141,9 +141,13 @@ def test_resume_after_kill_ends_with_the_weights_of_an_uninterrupted_run(tmp_pat
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     common = ["train", "retriever", "--config", "configs/stage1.yaml", "--model", tiny_checkpoint, "--data", pairs,
               "--global-batch-size", "8", "--max-steps", "12", "--set", "save_steps=2", "--set", "lora_r=4",
-              "--set", "lora_alpha=8", "--set", "gradient_checkpointing=false", "--set", "show_progress=false"]
+              "--set", "lora_alpha=12", "--set", "lora_dropout=0.1", "--set", "gradient_checkpointing=false",
+              "--set", "show_progress=false"]
     straight = run_lamra(*common, "--output-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
+    # The adapter records the LoRA the args asked for (alpha is not 2r, dropout not the preset's).
+    config = json.loads((tmp_path / "straight" / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 12, 0.1)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     killed_dir = tmp_path / "killed"
@@ -210,7 +214,8 @@ def test_small_recipe_learns_held_out_text_pairs(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("chunk_size", [None, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size):
-    """torchrun, gloo, CPU: the global batch split over 2 ranks equals 1 rank holding all of it."""
+    """torchrun, gloo, CPU: the global batch split over 2 ranks equals 1 rank holding all of it
+    (queries, positives and one hard negative per example, all gathered across the ranks)."""
     script = Path(__file__).with_name("ddp_equivalence.py")
     results = []
     for processes in (1, 2):

@@ -5,7 +5,7 @@ The recipe (``RERANK_RECIPE``, measured in docs/training-rerank.md, "The demo re
 1. **mine**: every demo training query's top ``k`` in its task's training pool, with the
    retriever (:func:`lamra.reranker.mining.mine`);
 2. **train**: a reranker (:func:`lamra.reranker.trainer.train_reranker`, pointwise + listwise
-   answers, spec 3) from a pretrained model, as LamRA does: SmolLM2-135M-Instruct as a Qwen2-VL
+   answers, docs/format.md#reranker-prompts) from a pretrained model, as LamRA does: SmolLM2-135M-Instruct as a Qwen2-VL
    (:mod:`lamra.demo.smollm2`, built once into the cache) with a LoRA, on the text task's training
    queries (SmolLM2 cannot see images); a LoRA is merged into a plain folder afterwards;
 3. **evaluate**: the retriever's ranking of the held-out splits (``evaluate_mbeir``), then its
@@ -61,7 +61,7 @@ STAGES = ("mined.jsonl", "mined.jsonl.work", "mined.jsonl.summary.json", "train"
 #   and val chose alpha 1 on every task: no ranking changed.
 # - LoRA 64/128, LR 2e-4, 75 steps of 8 (one epoch of the 600 WordNet training queries),
 #   max_negatives 2: the experiment of docs/training-rerank.md ("A reranker from a pretrained
-#   model"), where the pointwise loss left ln 2 within 25 steps; about 20-30 CPU minutes.
+#   model"), where the pointwise loss left ln 2 within 25 steps; about 20 minutes on an idle 2-core machine.
 # - k 100 (LamRA's): the top 100 minus the positives always holds negatives. Mining takes seconds.
 # - top_k 10 and alpha per task on the val split, for the reranked task only.
 RERANK_RECIPE = {
@@ -185,9 +185,21 @@ def _start_model(retriever_dir: Path, recipe: dict) -> Path:
     return Path(start)
 
 
+def default_reranker_base(announce=logger.warning) -> Path:
+    """The base model ``lamra train reranker`` uses without ``--model``: SmolLM2-135M-Instruct as
+    a Qwen2-VL checkpoint (the demo reranker's start), built into the cache on first use."""
+    if not (_smollm2_folder() / "config.json").is_file():
+        announce(f"building SmolLM2-135M-Instruct as a Qwen2-VL checkpoint in {_smollm2_folder()} (once)")
+    return _smollm2_base()
+
+
+def _smollm2_folder() -> Path:
+    return cache_root() / "models" / "smollm2-135m-instruct-qwen2vl"
+
+
 def _smollm2_base() -> Path:
     """SmolLM2-135M-Instruct as a Qwen2-VL checkpoint, built once into the models cache."""
-    folder = cache_root() / "models" / "smollm2-135m-instruct-qwen2vl"
+    folder = _smollm2_folder()
     if not (folder / "config.json").is_file():
         from .smollm2 import build_checkpoint
 
@@ -284,8 +296,9 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     """Alpha chosen on the val split, then Ret and Ret+Rank on the test split (percent).
 
     Returns ``{"alphas": {task: alpha}, "val": {task: {alpha: {"R@1", "R@5"}}}, "test": {task:
-    {"Ret": {...}, "Ret+Rank": {...}, "alpha": a}}}``. The test split is reranked once, with the
-    chosen alphas: nothing measured on it feeds a choice.
+    {"Ret": {...}, "Ret+Rank": {...}, "alpha": a}}}`` (``a``: the alpha the test split was fused
+    with, as the reranking reports it). The test split is reranked once, with the chosen alphas:
+    nothing measured on it feeds a choice.
     """
     from ..evaluation.mbeir import evaluate_mbeir
     from ..evaluation.rerank import rerank_mbeir
@@ -319,8 +332,9 @@ def evaluate_demo_reranker(retriever, reranker_dir, data, out: Path, *, recipe: 
     table = {}
     for ret in results.all_tasks:  # every task, in the evaluation's order; the others keep Ret (alpha 1)
         ranked = reranked_of.get(ret.task)
+        # "alpha": the one the test split was fused with, as the reranking reports it (the val choice)
         table[ret.task] = {"Ret": _recalls(ret), "Ret+Rank": _recalls(ranked or ret),
-                           "alpha": alphas.get(ret.task, 1.0) if ranked else 1.0, "reranked": ranked is not None}
+                           "alpha": results.alphas[ret.task] if ranked else 1.0, "reranked": ranked is not None}
     return {"alphas": alphas, "val": curves, "test": table}
 
 
