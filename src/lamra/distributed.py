@@ -104,7 +104,7 @@ def all_gather_with_grad(tensor):
     """Concatenate every rank's ``tensor`` (same shape on every rank) along dim 0; gradients flow
     back to each rank's own rows.
 
-    This is how in-batch negatives span the global batch (LamRA, spec 4). Each rank computes its
+    This is how in-batch negatives span the global batch (LamRA, docs/format.md#training-hyper-parameters). Each rank computes its
     loss on the gathered tensor; the backward pass sums, over ranks, the gradient every loss
     sends to a rank's rows. With DDP's gradient averaging that equals the gradient of the mean
     of the ranks' losses computed in one process on the concatenated batch.

@@ -1,4 +1,4 @@
-"""Retrieve -> rerank -> fuse (spec 5): LamRA's full pipeline, live or on stored results.
+"""Retrieve -> rerank -> fuse (docs/format.md#retrieve-rerank-fuse): LamRA's full pipeline, live or on stored results.
 
 - :class:`Pipeline` - a retriever, an index and an optional reranker with the reranking options
   fixed once: ``retrieve`` (encode, search the index), ``rerank`` (one query's hits: the top K
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# w in the released fusion S_ret + w * S_rank (spec 5); every other task used w = 1.0.
+# w in the released fusion S_ret + w * S_rank (docs/format.md#retrieve-rerank-fuse); every other task used w = 1.0.
 RELEASED_RERANK_WEIGHTS = {"mscoco_task0": 0.5, "mscoco_task3": 0.1}
-# LamRA's K: the retriever's top K candidates of a query are reranked (spec 5).
+# LamRA's K: the retriever's top K candidates of a query are reranked (docs/format.md#retrieve-rerank-fuse).
 RERANK_TOP_K = 50
 # The inference modes of the reranker: P(Yes) per candidate, or listwise windows.
 POINTWISE, LISTWISE = "pointwise", "listwise"

@@ -1,6 +1,6 @@
 """M-BEIR (UniIR) data: tasks, query files, candidate pools, qrels and instructions.
 
-Layout of an M-BEIR root (spec section 6; image paths inside the files are relative to it)::
+Layout of an M-BEIR root (docs/format.md#m-beir-data-format; image paths inside the files are relative to it)::
 
     query/{split}/mbeir_{task}_{split}.jsonl          queries (qid, query_txt, query_img_path, ...)
     cand_pool/local/mbeir_{task}_cand_pool.jsonl      one pool per task (MSCOCO: mbeir_mscoco_task0_test_...)
@@ -200,7 +200,7 @@ def root_tasks(root: str | os.PathLike) -> tuple[Task, ...]:
 
 # -- pools -----------------------------------------------------------------------------------
 
-# The three pools a task can be ranked in (spec section 6). The two global ones differ: UniIR's
+# The three pools a task can be ranked in (docs/format.md#m-beir-data-format). The two global ones differ: UniIR's
 # union file holds each candidate once; the official LamRA evaluation concatenates the 16 local
 # pools, so a candidate of several local pools is there several times (the paper's global numbers).
 POOLS = {
@@ -336,7 +336,7 @@ def _item(item_id: str, text: str | None, image: str | None, modality: str, root
     parts = modality.split(",")
     if parts == ["text"] and not (text or "").strip():
         # Real pools hold a few "text" candidates with no text; the official code embeds them
-        # as the empty formatted text (spec 6), so they stay in the pool.
+        # as the empty formatted text (docs/format.md#m-beir-data-format), so they stay in the pool.
         return Item.empty_text(id=item_id)
     return Item(text=text if "text" in parts else None,
                 images=[Path(root) / image] if "image" in parts and image else [], id=item_id)
@@ -410,7 +410,7 @@ def candidate_problems(record: dict) -> list[tuple[str, str]]:
         if key not in record:
             problems.append((key, "missing field"))
     _check_id(record, "did", problems)
-    # A "text" candidate with empty text is embedded as the empty formatted text (spec 6).
+    # A "text" candidate with empty text is embedded as the empty formatted text (docs/format.md#m-beir-data-format).
     _check_modality(record, "modality", "txt", "img_path", problems, empty_text_ok=True)
     _check_src_content(record, "src_content", problems)
     return problems

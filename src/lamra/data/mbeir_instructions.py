@@ -1,6 +1,6 @@
 """M-BEIR query instructions: the tsv, the built-in first ones, and how a query gets its own.
 
-``instructions/query_instructions.tsv`` (spec section 6): a header row, then query_modality,
+``instructions/query_instructions.tsv`` (docs/format.md#m-beir-data-format): a header row, then query_modality,
 cand_modality, dataset, dataset_id, prompt_1..prompt_4 (empty ones dropped), keyed by
 "{dataset_id}, {query_modality}, {cand_modality}". Without the tsv the built-in first
 instruction of each task is used.
@@ -30,7 +30,7 @@ from .mbeir import MODALITIES, TASK_MODALITIES, MBEIRLayout, MBEIRQuery
 logger = logging.getLogger(__name__)
 
 # The first instruction of each (dataset_id, query modality, candidate modality): the built-in
-# fallback when instructions/query_instructions.tsv is absent (spec section 6).
+# fallback when instructions/query_instructions.tsv is absent (docs/format.md#m-beir-data-format).
 _WIKI_PARAGRAPH = "Retrieve a Wikipedia paragraph that provides an answer to the given query about the image."
 _WIKI_PAIR = "Retrieve a Wikipedia image-description pair that provides evidence for the question of this image."
 BUILTIN_INSTRUCTIONS = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Qwen2-VL special tokens and their ids in the real vocabulary (spec section 1).
+# Qwen2-VL special tokens and their ids in the real vocabulary (docs/format.md#backbone-and-the-emb-token).
 QWEN2VL_SPECIAL_TOKENS = {
     "<|endoftext|>": 151643,
     "<|im_start|>": 151644,

@@ -11,6 +11,7 @@ from typing import Collection
 import numpy as np
 
 from ..errors import IncompatibleArtifactError, InputError
+from ..settings import QWEN2VL_RULES, RULE_SETS
 
 # What an index records of the encoder that made it; "settings" holds the vector-changing
 # ModelSettings fields (lamra.settings), absent for encoders without any (baselines).
@@ -48,8 +49,20 @@ def _settings_diffs(stored, expect) -> list[str]:
         return [f"settings: the index records none (built before lamra recorded them), you use {expect!r}"]
     if not isinstance(expect, dict):
         return [f"settings: index has {stored!r}, you use none"]
-    return [f"setting {name}: index has {stored.get(name)!r}, you use {expect.get(name)!r}"
-            for name in sorted(set(stored) | set(expect)) if stored.get(name) != expect.get(name)]
+    stored, expect = _with_rule_set(stored), _with_rule_set(expect)
+    diffs = []
+    if stored.get("rules") != expect.get("rules"):  # the release's rules, by name, first
+        diffs.append(f"rule set: index was built under {stored.get('rules')!r}, you use {expect.get('rules')!r}")
+    return diffs + [f"setting {name}: index has {stored.get(name)!r}, you use {expect.get(name)!r}"
+                    for name in sorted(set(stored) | set(expect))
+                    if name != "rules" and stored.get(name) != expect.get(name)]
+
+
+def _with_rule_set(stored: dict) -> dict:
+    """Settings recorded before lamra named rule sets were the Qwen2-VL release's rules."""
+    if "rules" in stored:
+        return stored
+    return {"rules": QWEN2VL_RULES, "rgba": RULE_SETS[QWEN2VL_RULES]["rgba"], **stored}
 
 
 def _norm(value):

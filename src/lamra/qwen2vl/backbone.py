@@ -6,10 +6,13 @@ Tested with transformers 5.x. Notes on the quirks handled here:
 - Qwen2-VL's combined ``Qwen2VLProcessor`` insists on a video processor, which needs
   torchvision; lamra uses the tokenizer and the PIL image processor directly (see
   processor.py) and patches video frames itself (video.py).
-- Positions: transformers computes Qwen2-VL's 3-D M-RoPE when it is given
-  ``mm_token_type_ids`` and no ``position_ids``. The released LamRA-Ret used plain 1-D
-  positions (spec 2), so the processor passes explicit ``position_ids`` in "1d" mode and
-  :meth:`Backbone.hidden_states` hands them through untouched.
+- Positions: transformers 5 computes the 3-D M-RoPE of Qwen2-VL / Qwen2.5-VL only when it is
+  given ``mm_token_type_ids`` and no ``position_ids``; without either it silently uses 1-D
+  positions. The Qwen2-VL LamRA-Ret used plain 1-D positions, the Qwen2.5-VL one M-RoPE
+  (docs/format.md, "Positions"): the processor passes explicit ``position_ids`` in "1d" mode and
+  ``mm_token_type_ids`` in "mrope" mode, and :meth:`Backbone.hidden_states` hands them through.
+- Rule sets: :func:`load_backbone` gives settings without a rule set the checkpoint's (its
+  config's ``model_type``), so a Qwen2.5-VL checkpoint scores under the Qwen2.5-VL release's rules.
 - The PIL image processor is used even where torchvision exists: it is the processor the
   LamRA checkpoints were trained with (transformers 4.45 had no torchvision one).
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,16 @@ from ..settings import ModelSettings
 from .processor import LamraProcessor
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_peft():
+    """peft asks every model for transformers' deprecated is_gradient_checkpointing when it wraps
+    one: a FutureWarning about the libraries' own code on every LoRA, which users cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
 
 _MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -118,7 +133,7 @@ class Backbone:
     def add_lora(self, *, r: int = 64, alpha: int = 128, dropout: float = 0.05, train_vision: bool = False,
                  full: bool = False, train_embeddings: bool = True) -> None:
         """Make the model trainable: a fresh LoRA on every linear layer of the language model
-        (LamRA's recipe, spec 1), the vision tower and merger frozen unless ``train_vision``;
+        (LamRA's recipe, docs/format.md), the vision tower and merger frozen unless ``train_vision``;
         ``full`` trains every language-model weight instead of a LoRA, the token embeddings
         (and a head tied to them) included unless ``train_embeddings`` is false."""
         from peft import LoraConfig, get_peft_model
@@ -132,10 +147,14 @@ class Backbone:
             if not train_embeddings:
                 network.get_input_embeddings().weight.requires_grad_(False)
         else:
+            # train_vision: peft trains a copy of the tower and saves it with the adapter (trained
+            # weights outside the adapter would be lost when it is saved).
             config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                                target_modules=language_model_linear_names(network))
-            self.model = get_peft_model(network, config)
-        if train_vision:
+                                target_modules=language_model_linear_names(network),
+                                modules_to_save=["visual"] if train_vision else None)
+            with _quiet_peft():
+                self.model = get_peft_model(network, config)
+        if train_vision and full:
             for parameter in self.language_model().visual.parameters():
                 parameter.requires_grad_(True)
 
@@ -219,7 +238,7 @@ def _model_class(path: str, hub_kwargs: dict):
     if name is None:
         raise ValueError(f"{path}: model type {config.model_type!r} is not supported; lamra supports "
                          f"{', '.join(sorted(_MODEL_CLASSES))}")
-    return getattr(transformers, name)
+    return getattr(transformers, name), config.model_type
 
 
 def load_backbone(
@@ -236,7 +255,8 @@ def load_backbone(
     """Load a Qwen2-VL (or Qwen2.5-VL) checkpoint from a hub id or a local folder.
 
     ``lora`` is a peft adapter folder put on top (``merge_lora`` folds it into the weights);
-    ``settings`` sets pixels, positions and token caps (:class:`ModelSettings`).
+    ``settings`` sets pixels, positions and token caps (:class:`ModelSettings`); without a rule
+    set of their own they take the checkpoint's (its config's ``model_type``).
     """
     import torch
 
@@ -252,8 +272,9 @@ def load_backbone(
     torch_dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attn_implementation, device, torch_dtype)
 
+    model_class, model_type = _model_class(model_path, hub_kwargs)
+    settings = (settings or ModelSettings()).for_model_type(model_type)
     processor = LamraProcessor.from_pretrained(model_path, settings, **hub_kwargs)
-    model_class = _model_class(model_path, hub_kwargs)
     logger.info("loading %s (%s, %s, attention=%s)", model_path, device, torch_dtype, attention)
     network = model_class.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attention,
                                           **hub_kwargs)
@@ -281,7 +302,8 @@ def attach_lora(network, adapter: str | os.PathLike, *, merge: bool = False):
     adapter = str(adapter)
     if not Path(adapter, "adapter_config.json").is_file() and Path(adapter).exists():
         raise FileNotFoundError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    network = PeftModel.from_pretrained(network, adapter)
+    with _quiet_peft():
+        network = PeftModel.from_pretrained(network, adapter)
     if merge:
         network = network.merge_and_unload()
     return network

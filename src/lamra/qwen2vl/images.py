@@ -17,19 +17,22 @@ from ..items import ImageLike, is_pil_image
 from ..settings import DEFAULT_IMAGE_PIXEL_LIMIT
 
 
-def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None):
+def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT, item: str | None = None,
+               rgba: str = "convert"):
     """Open an image as RGB, with a clear error for every way a file can be bad.
 
     ``pixel_limit`` (``--image-pixel-limit``, :class:`~lamra.settings.ModelSettings`) is the one
     decompression-bomb limit: PIL's own guard is set to it while opening, so every refusal
     reports that number. A palette image with transparency goes through RGBA (the same RGB
-    pixels, without PIL's warning).
+    pixels, without PIL's warning). ``rgba`` is the rule set's RGBA conversion
+    (:class:`~lamra.settings.ModelSettings`): "convert" (PIL's ``convert``, the Qwen2-VL release)
+    or "white" (pasted on white with its alpha as the mask, the Qwen2.5-VL release's ``to_rgb``).
     """
     from PIL import Image, UnidentifiedImageError
 
     if is_pil_image(image):
         _check_pixels(image.size, pixel_limit, item=item, name="in-memory image")
-        return _rgb(image)
+        return _rgb(image, rgba)
     path = Path(image)
     where = dict(item=item, field="image")
     if not path.is_file():
@@ -40,7 +43,7 @@ def load_image(image: ImageLike, *, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
         with _open_guarded(path, pixel_limit) as handle:
             _check_pixels(handle.size, pixel_limit, item=item, name=str(path))
             handle.load()
-            return _rgb(handle)
+            return _rgb(handle, rgba)
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -101,9 +104,16 @@ def _open_guarded(path, limit):
         return Image.open(path)
 
 
-def _rgb(image):
+def _rgb(image, rgba: str = "convert"):
     if image.mode == "RGB":
         return image
+    if rgba == "white" and image.mode == "RGBA":
+        # The Qwen2.5-VL release's to_rgb: only RGBA is pasted; LA, P (...) go through convert.
+        from PIL import Image
+
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # the same RGB pixels as a direct convert, without PIL's warning
     return image.convert("RGB")

@@ -40,7 +40,9 @@ class LamraProcessor:
     def __init__(self, tokenizer, image_processor, settings: ModelSettings | None = None):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.settings = settings or ModelSettings()
+        # A processor without a model behind it gets the default rule set (load_backbone gives
+        # the checkpoint's).
+        self.settings = (settings or ModelSettings()).for_model_type(None)
         convert = tokenizer.convert_tokens_to_ids
         self.emb_token_id = convert(EMB_TOKEN)
         self.image_token_id = convert(IMAGE_PAD)
@@ -51,7 +53,7 @@ class LamraProcessor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, settings: ModelSettings | None = None,
                         **hub_kwargs) -> "LamraProcessor":
-        settings = settings or ModelSettings()
+        settings = (settings or ModelSettings()).for_model_type(None)
         return cls(load_tokenizer(path, **hub_kwargs),
                    load_image_processor(path, max_pixels=settings.max_pixels, min_pixels=settings.min_pixels,
                                         **hub_kwargs),
@@ -99,9 +101,10 @@ class LamraProcessor:
                         prepare_text: Callable[[str], str] = format_text) -> PromptInput:
         """The LamRA-Ret prompt of ``item``, cut right before ``<emb>``; its last token is pooled.
 
-        Sequences longer than ``settings.max_tokens`` are cut there and their last kept token is
-        pooled: exactly the official evaluation, which truncates the whole prompt and, when the
-        cut removed ``<emb>``, pools index -1 (spec 2).
+        Sequences longer than ``settings.max_tokens`` (0: no cap, the Qwen2.5-VL release) are cut
+        there and their last kept token is pooled: exactly the Qwen2-VL release's evaluation, which
+        truncates the whole prompt and, when the cut removed ``<emb>``, pools index -1
+        (docs/format.md, "Truncation").
         """
         item = as_item(item)
         if item.is_empty() and not instruction:
@@ -109,7 +112,7 @@ class LamraProcessor:
         text = render_prompt(item, instruction, cut_at_emb=True, prepare_text=prepare_text)
         prompt = self.tokenize(text, item.images, item.videos, item_id=item.id)
         cap = self.settings.max_tokens
-        if len(prompt.input_ids) >= cap:
+        if cap and len(prompt.input_ids) >= cap:
             prompt = self._cut(prompt, cap)
         return prompt
 
@@ -131,9 +134,11 @@ class LamraProcessor:
     def collate(self, batch: Sequence[PromptInput], *, positions: str | None = None) -> dict:
         """Right-padded ids and mask, pixels of every image and video, and positions.
 
-        ``positions="1d"`` (LamRA-Ret as released) adds explicit ``position_ids`` 0, 1, 2, ...
-        per row in all three M-RoPE sections; ``"mrope"`` adds ``mm_token_type_ids`` so that
-        the model computes Qwen2-VL's 3-D positions itself.
+        ``positions="1d"`` (the Qwen2-VL LamRA-Ret) adds explicit ``position_ids`` 0, 1, 2, ...
+        per row in all three M-RoPE sections; ``"mrope"`` (the Qwen2.5-VL LamRA-Ret, the
+        reranker) adds ``mm_token_type_ids``, without which transformers 5 silently falls back
+        to 1-D positions, so that the model computes its own 3-D positions (following the
+        attention mask, as the official left-padded evaluation's did).
         """
         import torch
 
@@ -146,7 +151,8 @@ class LamraProcessor:
             attention_mask[row, : len(prompt.input_ids)] = 1
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         limit = self.settings.image_pixel_limit
-        images = [load_image(src, pixel_limit=limit, item=p.item_id) for p in batch for src in p.images]
+        images = [load_image(src, pixel_limit=limit, item=p.item_id, rgba=self.settings.rgba)
+                  for p in batch for src in p.images]
         if images:
             inputs.update(self.pixel_inputs(images))
         videos = [(v, p.item_id) for p in batch for v in p.videos]
@@ -188,7 +194,7 @@ def load_image_processor(path: str | os.PathLike, *, max_pixels: int = DEFAULT_M
 def one_d_positions(attention_mask):
     """Plain positions 0, 1, 2, ... of each right-padded row, in all three M-RoPE sections.
 
-    This is what the released LamRA-Ret computed (spec 2): the decoder called with
+    This is what the Qwen2-VL LamRA-Ret computed (docs/format.md, "Positions"): the decoder called with
     ``position_ids=None`` numbers every token, image tokens included, by its place in the row.
     """
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

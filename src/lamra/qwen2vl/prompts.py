@@ -1,4 +1,4 @@
-"""The exact LamRA prompts (spec sections 2 and 3), rendered in the Qwen2-VL chat format.
+"""The exact LamRA prompts (docs/format.md), rendered in the Qwen2-VL chat format.
 
 Everything a model reads is built here, so :func:`render_prompt` shows a user precisely
 what goes into the model for any item.
@@ -29,7 +29,8 @@ SUMMARIZE_VIDEO_TEXT = "\nSummarize above video and sentence in one word: "
 SUMMARIZE_MULTI = "\nSummarize above images and sentences in one word: "
 EMB_ANSWER = f"{EMB_TOKEN}."
 
-# Training-time text cuts of the official code (spec 2): formatted text, tokenized and decoded.
+# Training-time text cuts of the official code (docs/format.md, "Truncation"): formatted text, tokenized
+# and decoded.
 MAX_RETRIEVAL_TEXT_TOKENS = 480
 MAX_RERANK_TEXT_TOKENS = 256
 
@@ -158,7 +159,7 @@ def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool
     """The exact text the model reads for ``item`` (images appear as vision placeholders).
 
     With ``cut_at_emb`` the text stops right before ``<emb>``: under causal attention the
-    hidden state there is the same, so encoding uses this shorter form (spec section 2).
+    hidden state there is the same, so encoding uses this shorter form (docs/format.md).
     """
     text = render_chat(embedding_messages(item, instruction, prepare_text=prepare_text))
     if cut_at_emb:
@@ -166,8 +167,10 @@ def render_prompt(item: Any, instruction: str | None = None, *, cut_at_emb: bool
     return text
 
 
-# -- LamRA-Rank (spec section 3) -------------------------------------------------------------
-# Kept exactly as in the released training data: the runs of spaces and "responed".
+# -- LamRA-Rank (docs/format.md, "Reranker prompts") ----------------------------------------
+# Kept exactly as in the released training data: the Qwen2-VL release has runs of 24 / 25 spaces
+# (a backslash line continuation inside the official string), the Qwen2.5-VL release single
+# spaces; both keep "responed".
 POINTWISE_INSTRUCTION = (
     "I will provide you with a query and a candidate. Please evaluate whether the candidate"
     + " " * 24
@@ -178,6 +181,9 @@ LISTWISE_INSTRUCTION = (
     "Each candidate is independent of the others." + " " * 25 + "Evaluate each candidate against the query, "
     "and respond with the number corresponding to the candidate that best meets the requirements of the query."
 )
+# The rule set's ``rerank_instructions`` (lamra.settings) picks one pair.
+POINTWISE_INSTRUCTIONS = {"spaced": POINTWISE_INSTRUCTION, "single": POINTWISE_INSTRUCTION.replace(" " * 24, " ")}
+LISTWISE_INSTRUCTIONS = {"spaced": LISTWISE_INSTRUCTION, "single": LISTWISE_INSTRUCTION.replace(" " * 25, " ")}
 LISTWISE_ANSWER_PREFIX = "Ans: ("
 # The listwise answer is one digit, so at most 9 candidates share a prompt (the reranker's
 # window; in training, the positive and at most 8 negatives).
@@ -196,18 +202,22 @@ def _item_parts(item: Any, instruction: str | None, truncate) -> list[dict]:
     return parts
 
 
-def pointwise_messages(query: Any, candidate: Any, instruction: str | None = None, *, truncate=None) -> list[dict]:
-    """The user turn of LamRA-Rank's pointwise prompt; the model answers "Yes" or "No"."""
-    content = [{"type": "text", "text": POINTWISE_INSTRUCTION}, {"type": "text", "text": "Query:"}]
+def pointwise_messages(query: Any, candidate: Any, instruction: str | None = None, *, truncate=None,
+                       instructions: str = "spaced") -> list[dict]:
+    """The user turn of LamRA-Rank's pointwise prompt; the model answers "Yes" or "No".
+    ``instructions``: the rule set's instruction strings, "spaced" or "single"."""
+    content = [{"type": "text", "text": POINTWISE_INSTRUCTIONS[instructions]}, {"type": "text", "text": "Query:"}]
     content += _item_parts(query, instruction, truncate)
     content.append({"type": "text", "text": "Candidate:"})
     content += _item_parts(candidate, None, truncate)
     return [{"role": "user", "content": content}]
 
 
-def listwise_messages(query: Any, candidates: list, instruction: str | None = None, *, truncate=None) -> list[dict]:
-    """The user turn of LamRA-Rank's listwise prompt; the answer is "Ans: (k)"."""
-    content = [{"type": "text", "text": LISTWISE_INSTRUCTION}, {"type": "text", "text": "Query:"}]
+def listwise_messages(query: Any, candidates: list, instruction: str | None = None, *, truncate=None,
+                      instructions: str = "spaced") -> list[dict]:
+    """The user turn of LamRA-Rank's listwise prompt; the answer is "Ans: (k)".
+    ``instructions``: the rule set's instruction strings, "spaced" or "single"."""
+    content = [{"type": "text", "text": LISTWISE_INSTRUCTIONS[instructions]}, {"type": "text", "text": "Query:"}]
     content += _item_parts(query, instruction, truncate)
     content.append({"type": "text", "text": "Candidates:"})
     for number, candidate in enumerate(candidates, start=1):

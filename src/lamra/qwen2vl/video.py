@@ -4,18 +4,20 @@ A :class:`Video` (a plain value defined beside :class:`~lamra.items.Item`, impor
 too) is a video file (mp4, webm, gif, mkv, ...) or a list of frame images. It becomes a
 Qwen2-VL *video* input (``<|video_pad|>`` tokens, ``pixel_values_videos``,
 ``video_grid_thw``), not a list of separate images. The rules are those of qwen-vl-utils as
-the LamRA code vendors it (spec section 2, "Video inputs"):
+the LamRA code vendors it (docs/format.md#video-inputs):
 
 - a file is sampled at ``video_fps`` (2) frames per second: ``total / container_fps * 2``
   frames, clamped to ``[ceil2(video_min_frames), floor2(min(video_max_frames, total))]`` and
-  rounded to an even number (Python's ``round``, so 5 -> 4 and 7 -> 8); the frames taken are
+  made even: rounded (Python's ``round``, so 5 -> 4 and 7 -> 8; the Qwen2-VL release) or, with the
+  rule set's ``video_frames="floor"``, rounded down (the Qwen2.5-VL release); the frames taken are
   ``torch.linspace(0, total - 1, n).round()``. ``Video(path, nframes=12)`` asks for a fixed
   count instead (qwen-vl-utils' ``nframes``; the released MSVD evaluation uses 12);
 - a list of frames is used whole (no resampling) and padded to an even count by repeating the
   last frame; every frame is resized to the size the first frame gets;
 - each frame has between ``video_min_pixels`` and
   ``max(min(video_max_pixels, video_total_pixels / n * 2), int(video_min_pixels * 1.05))``
-  pixels, sides multiples of 28 (qwen-vl-utils' ``smart_resize``);
+  pixels, sides multiples of 28 (qwen-vl-utils' ``smart_resize``; ``video_total_pixels`` is the
+  rule set's: 24576 * 28 * 28, or 128000 * 28 * 28 * 0.9 for the Qwen2.5-VL release);
 - two consecutive frames make one temporal patch: ``grid_thw = (n / 2, h / 14, w / 14)`` and
   the video costs ``t * h * w / 4`` ``<|video_pad|>`` tokens.
 
@@ -129,14 +131,18 @@ def smart_resize(height: int, width: int, *, min_pixels: float, max_pixels: floa
 
 
 def sample_count(total_frames: int, fps: float, settings: ModelSettings, *, nframes: int | None = None) -> int:
-    """How many frames of a file are taken (qwen-vl-utils' rule; see the module docstring)."""
+    """How many frames of a file are taken (qwen-vl-utils' rule; see the module docstring). The
+    rule set's ``video_frames``: "round" to the nearest even count (the Qwen2-VL release), or
+    "floor" down to an even count (the Qwen2.5-VL release's newer qwen-vl-utils)."""
+    settings = settings.for_model_type(None)
     if nframes is not None:
         count = round_by_factor(nframes, FRAME_FACTOR)
     else:
         min_frames = ceil_by_factor(settings.video_min_frames, FRAME_FACTOR)
         max_frames = floor_by_factor(min(settings.video_max_frames, total_frames), FRAME_FACTOR)
         count = total_frames / fps * settings.video_fps
-        count = round_by_factor(min(max(count, min_frames), max_frames), FRAME_FACTOR)
+        to_even = floor_by_factor if settings.video_frames == "floor" else round_by_factor
+        count = to_even(min(max(count, min_frames), max_frames), FRAME_FACTOR)
     if total_frames < FRAME_FACTOR:
         raise InputError(
             f"a video file needs at least {FRAME_FACTOR} frames, this one has {total_frames} "
@@ -160,6 +166,7 @@ def sample_indices(total_frames: int, count: int) -> tuple[int, ...]:
 
 def frame_pixel_range(count: int, settings: ModelSettings) -> tuple[int, float]:
     """(min_pixels, max_pixels) of each frame of a video sampled to ``count`` frames."""
+    settings = settings.for_model_type(None)
     min_pixels = settings.video_min_pixels
     max_pixels = max(min(settings.video_max_pixels, settings.video_total_pixels / count * FRAME_FACTOR),
                      int(min_pixels * 1.05))
@@ -173,7 +180,7 @@ def plan_video_layout(total_frames: int, height: int, width: int, settings: Mode
     ``fps`` given: a file, sampled by frame rate (or to ``nframes``). ``fps`` None: a list of
     frames, used whole and padded to an even count.
     """
-    settings = settings or ModelSettings()
+    settings = (settings or ModelSettings()).for_model_type(None)
     if total_frames < 1:
         raise InputError("the video has no frames", field=FIELD)
     if fps is None:
@@ -205,7 +212,7 @@ def video_layout(video: Any, settings: ModelSettings | None = None, *, item: str
     counts for a prompt are therefore best taken from the ``video_grid_thw`` of the frames
     actually loaded.
     """
-    settings = settings or ModelSettings()
+    settings = (settings or ModelSettings()).for_model_type(None)
     try:
         video = Video.from_value(video)
         if video.is_frame_list:
@@ -225,7 +232,7 @@ def load_video(video: Any, settings: ModelSettings | None = None, *, item: str |
     bad (missing, empty, not a video, undecodable, no frames) raises an :class:`InputError`
     naming ``item`` and the field "video".
     """
-    settings = settings or ModelSettings()
+    settings = (settings or ModelSettings()).for_model_type(None)
     try:
         video = Video.from_value(video)
         if video.is_frame_list:
@@ -304,7 +311,7 @@ def _load_frame_list(frames: tuple, settings: ModelSettings) -> "np.ndarray":
 
 def _open_frame(frame, settings: ModelSettings, number: int):
     try:
-        return load_image(frame, pixel_limit=settings.image_pixel_limit)
+        return load_image(frame, pixel_limit=settings.image_pixel_limit, rgba=settings.rgba or "convert")
     except InputError as exc:
         raise InputError(f"frame {number}: {exc.reason}", field=FIELD) from None
 

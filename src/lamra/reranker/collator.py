@@ -11,7 +11,7 @@ template, never from token counts: the prompt is tokenized up to the start of th
 span and up to its end, and those token counts (checked to be prefixes of the full sequence)
 bound the span. ``label_span`` chooses the span:
 
-- ``"answer"`` (default; spec 3: "the answer tokens only"): ``Yes`` / ``No`` / ``Ans: (k)``;
+- ``"answer"`` (default; docs/format.md#reranker-prompts: the answer tokens): ``Yes`` / ``No`` / ``Ans: (k)``;
 - ``"answer_eos"``: the answer and the end-of-turn token ``<|im_end|>``;
 - ``"official"``: what the released collator (collators/mbeir_rerank.py) leaves unmasked - the
   whole assistant turn: ``<|im_start|>assistant\\n``, the answer, ``<|im_end|>`` and ``\\n``.
@@ -132,12 +132,14 @@ class RerankCollator:
         pointwise = []
         for candidate, is_positive in ((example.positive, True), (example.negative, False)):
             candidate = self.prepared(candidate)
-            pointwise.append(labelled_prompt(self.processor, pointwise_messages(query, candidate),
+            messages = pointwise_messages(query, candidate, instructions=self.processor.settings.rerank_instructions)
+            pointwise.append(labelled_prompt(self.processor, messages,
                                              pointwise_answer(is_positive), query.images + candidate.images,
                                              span=self.label_span, item_id=query.id))
         listed = [self.prepared(c) for c in example.candidates]
         images = query.images + [image for c in listed for image in c.images]
-        listwise = [labelled_prompt(self.processor, listwise_messages(query, listed), listwise_answer(example.answer),
+        messages = listwise_messages(query, listed, instructions=self.processor.settings.rerank_instructions)
+        listwise = [labelled_prompt(self.processor, messages, listwise_answer(example.answer),
                                     images, span=self.label_span, item_id=query.id)]
         return {"pointwise": pointwise, "listwise": listwise}
 

@@ -1,4 +1,4 @@
-"""LamRA-Rank training examples: per training query, the three samples of spec section 3.
+"""LamRA-Rank training examples: per training query, the three samples of docs/format.md#reranker-prompts.
 
 For each query (as the released ``dataset/datasets_mbeir_rerank.py``):
 

@@ -1,6 +1,6 @@
 """The reranker's forward passes: prompts -> logits of a few answer tokens ("Yes" / "No", digits).
 
-Two ways to the same numbers (spec 3 reads the next-token logits right after the prompt):
+Two ways to the same numbers (the official code reads the next-token logits right after the prompt):
 
 - :func:`plain_answer_logits` - one full forward per prompt (right-padded batches), M-RoPE
   computed by the stock model from ``mm_token_type_ids``: what the official code's forward /
@@ -72,7 +72,7 @@ def plain_answer_logits(backbone: Backbone, prompts: Sequence[PromptInput], toke
 
     out: list = [None] * len(prompts)
     for rows in plan_batches([len(p.input_ids) for p in prompts], max_batch_size=batch_size):
-        # The processor's M-RoPE inputs: the stock model computes the 3-D positions (spec 2).
+        # The processor's M-RoPE inputs: the stock model computes the 3-D positions (docs/format.md).
         inputs = backbone.processor.collate([prompts[i] for i in rows], positions="mrope")
         with torch.inference_mode():
             hidden = backbone.hidden_states(inputs)
@@ -110,7 +110,8 @@ def shared_prefix_length(prompts: Sequence[PromptInput], backbone: Backbone, *, 
 
 def _pixels(backbone: Backbone, sources: list, item_ids: list) -> dict:
     limit = backbone.settings.image_pixel_limit
-    images = [load_image(src, pixel_limit=limit, item=item_id) for src, item_id in zip(sources, item_ids)]
+    rgba = backbone.settings.rgba
+    images = [load_image(src, pixel_limit=limit, item=item_id, rgba=rgba) for src, item_id in zip(sources, item_ids)]
     if not images:
         return {}
     out = backbone.pixel_inputs(images)

@@ -1,4 +1,4 @@
-"""LamRA-Rank: P("Yes") per (query, candidate) pair, or the best of a list (spec 3).
+"""LamRA-Rank: P("Yes") per (query, candidate) pair, or the best of a list (docs/format.md).
 
 - :meth:`Reranker.score` - pointwise. By default the query part of the prompt (everything up
   to ``Candidate:``) runs once and its key/value cache serves every candidate
@@ -10,8 +10,10 @@
   "official"``): after the checkpoint's repetition penalty (:mod:`.scores`); "raw"
   reads the logits unchanged.
 
-The reranker keeps Qwen2-VL's M-RoPE (the official rerank code uses the stock model class)
-and cuts no text at inference (the 256-token cut is a training rule, spec 2).
+The reranker keeps the model's M-RoPE (the official rerank code of both releases uses the stock
+model class) and cuts no text at inference (the 256-token cut is a training rule). Its
+instruction strings are the rule set's (``settings.rerank_instructions``: the runs of spaces of
+the Qwen2-VL release, or the single spaces of the Qwen2.5-VL release; docs/format.md).
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ DEFAULT_ALPHA = 0.5
 # batches of 16, being bound by per-batch work on the CPU (docs/benchmarks.md).
 DEFAULT_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 64
-# The released reranker was trained on sequences of at most 2048 tokens (spec 4); longer
+# The released reranker was trained on sequences of at most 2048 tokens (docs/format.md); longer
 # listwise prompts are split into windows rather than fed whole.
 DEFAULT_LISTWISE_MAX_TOKENS = 2048
 
 
 def fuse(retrieval_scores, rerank_scores, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """LamRA's final score: ``alpha * S_ret + (1 - alpha) * S_rank`` (spec section 5)."""
+    """LamRA's final score: ``alpha * S_ret + (1 - alpha) * S_rank`` (docs/format.md, "Fusion")."""
     return (alpha * np.asarray(retrieval_scores, dtype=np.float32)
             + (1 - alpha) * np.asarray(rerank_scores, dtype=np.float32))
 
@@ -87,7 +89,7 @@ class Reranker:
         ``settings`` (or single fields as keywords, e.g. ``rerank_scores="raw"``) as for the
         retriever; see :class:`lamra.settings.ModelSettings`.
         """
-        settings = (settings or ModelSettings.for_model(model)).with_overrides(**setting_overrides)
+        settings = (settings or ModelSettings.for_model(model, lora)).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
                                  attn_implementation=attn_implementation, settings=settings)
         return cls(backbone, repetition_penalty=repetition_penalty, listwise_window=listwise_window,
@@ -109,18 +111,28 @@ class Reranker:
 
     def fingerprint(self) -> dict:
         return {**self.backbone.fingerprint(), "settings": self.settings.fingerprint(),
+                "rules": self.settings.rules, "rerank_instructions": self.settings.rerank_instructions,
                 "rerank_scores": self.settings.rerank_scores, "repetition_penalty": self.repetition_penalty}
 
     # -- prompts ----------------------------------------------------------------------------
 
     def pointwise_prompt(self, query: Any, candidate: Any, instruction: str | None = None) -> str:
         """The exact chat text of a pointwise pair; the model answers "Yes" or "No"."""
-        return render_chat(pointwise_messages(as_item(query), as_item(candidate), instruction))
+        return render_chat(pointwise_messages(as_item(query), as_item(candidate), instruction,
+                                              instructions=self._instructions))
 
     def listwise_prompt(self, query: Any, candidates: Sequence[Any], instruction: str | None = None) -> str:
         """The exact chat text of a listwise prompt, ending in ``Ans: (`` (the digit comes next)."""
-        text = render_chat(listwise_messages(as_item(query), [as_item(c) for c in candidates], instruction))
+        text = render_chat(listwise_messages(as_item(query), [as_item(c) for c in candidates], instruction,
+                                             instructions=self._instructions))
         return text + LISTWISE_ANSWER_PREFIX
+
+    @property
+    def _instructions(self) -> str:
+        # A reranker made without a model (prompt rendering only) renders the Qwen2-VL release's.
+        backbone = getattr(self, "backbone", None)
+        settings = getattr(backbone, "settings", None)
+        return getattr(settings, "rerank_instructions", None) or "spaced"
 
     def _pointwise_inputs(self, query: Item, candidates: list[Item], instruction):
         return [tokenize(self.backbone, self.pointwise_prompt(query, c, instruction), query.images + c.images,

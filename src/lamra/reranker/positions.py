@@ -1,7 +1,9 @@
 """Qwen2-VL's 3-D M-RoPE positions for one token sequence, computed without the model.
 
-The reranker keeps M-RoPE (spec 2, "Positions": the official rerank code uses the stock model
-class). The rule, as in transformers' ``Qwen2VLModel.get_rope_index``:
+The reranker keeps M-RoPE (docs/format.md, "Positions": the official rerank code of both releases
+uses the stock model class). The rule, as in transformers' ``Qwen2VLModel.get_rope_index`` (and
+Qwen2.5-VL's, the same for images; its videos space the time axis by ``tokens_per_second``, which
+is why prompts with videos take the plain path):
 
 - text tokens: one position per token, the same in the three sections (time, height, width),
   counting on from the previous token's next position;

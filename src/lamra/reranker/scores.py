@@ -1,4 +1,4 @@
-"""How LamRA-Rank's answer logits become scores (spec 3): pure tensor functions.
+"""How LamRA-Rank's answer logits become scores (docs/format.md, "Rerank scores"): pure tensor functions.
 
 The official evaluation read the pointwise logits from ``generate(..., do_sample=False,
 output_scores=True).scores[0]``: the first step's logits *after* the checkpoint's logits

@@ -1,6 +1,6 @@
 """LamRA-Rank's training step: next-token cross-entropy on the labelled answer tokens.
 
-``loss="sum"`` (spec 3, the paper's L_rank = L_point + L_list): the mean cross-entropy over the
+``loss="sum"`` (docs/format.md#reranker-prompts, the paper's L_rank = L_point + L_list): the mean cross-entropy over the
 labelled tokens of the pointwise rows plus the mean over those of the listwise rows.
 ``loss="joint"``: one mean over every labelled token of the batch - what the released code
 computes (its collator puts the pointwise and listwise samples of a micro-batch in one batch

@@ -54,10 +54,12 @@ class Retriever:
         """Load a Qwen2-VL checkpoint (hub id or folder), optionally with a LoRA adapter.
 
         ``settings`` (or single fields as keywords, e.g. ``max_pixels=...``) set pixels,
-        positions and token caps; see :class:`lamra.settings.ModelSettings`. Without them, a
-        model folder's ``lamra_settings.json`` (written by lamra's trainer) gives the defaults.
+        positions and token caps; see :class:`lamra.settings.ModelSettings`. Without them, the
+        adapter's or model folder's ``lamra_settings.json`` (written by lamra's trainer) gives the
+        defaults, rule set included; else the checkpoint's release decides the rule set
+        (docs/format.md#rule-sets).
         """
-        settings = (settings or ModelSettings.for_model(model)).with_overrides(**setting_overrides)
+        settings = (settings or ModelSettings.for_model(model, lora)).with_overrides(**setting_overrides)
         backbone = load_backbone(model, lora=lora, merge_lora=merge_lora, device=device, dtype=dtype,
                                  attn_implementation=attn_implementation, settings=settings)
         return cls(backbone)
@@ -123,26 +125,39 @@ class Retriever:
         sorting by length (``sort_by_length=False`` and ``max_batch_tokens=None`` give plain
         fixed-size batches in input order). ``"auto"`` picks a budget for the device.
         """
-        import torch
+        return self.encode_prepared(self.prepare(items, instruction), batch_size=batch_size,
+                                    max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length,
+                                    show_progress=show_progress, convert_to=convert_to)
 
+    def prepare(self, items: Iterable[Any], instruction: str | Sequence[str | None] | None = None) -> list:
+        """Each item's tokenized prompt (a ``PromptInput``: ids, image and video sources), as
+        :meth:`encode` reads it; pixels are decoded only when a batch is collated."""
         items = [as_item(x) for x in items]
-        instructions = per_item_instructions(instruction, len(items))
         prepared = []
-        for position, (item, instr) in enumerate(zip(items, instructions)):
+        for position, (item, instr) in enumerate(zip(items, per_item_instructions(instruction, len(items)))):
             try:
                 prepared.append(self.processor.embedding_input(item, instr))
             except InputError as exc:
                 raise exc.located(item=item.id if item.id is not None else f"#{position}") from None
+        return prepared
+
+    def encode_prepared(self, prepared: Sequence, *, processor=None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        max_batch_tokens: int | str | None = "auto", sort_by_length: bool = True,
+                        show_progress: bool = True, convert_to: str = "numpy"):
+        """:meth:`encode` for prompts already tokenized (:meth:`prepare`, or another prompt
+        recipe's); ``processor``: the one that tokenized them, for collation (default: the model's)."""
+        import torch
+
         if max_batch_tokens == "auto":
             max_batch_tokens = AUTO_MAX_BATCH_TOKENS.get(self.backbone.device.type, AUTO_MAX_BATCH_TOKENS["cuda"])
-        out = torch.empty((len(items), self.dim), dtype=torch.float32)
+        out = torch.empty((len(prepared), self.dim), dtype=torch.float32)
         batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length)
         was_training = self.backbone.model.training
         self.backbone.eval()
         try:
-            with progress_bar(len(items), "encoding", enabled=show_progress and len(items) > 0) as bar:
-                collate = self.processor.collate
+            with progress_bar(len(prepared), "encoding", enabled=show_progress and len(prepared) > 0) as bar:
+                collate = (processor or self.processor).collate
                 collated = prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches)
                 for rows, inputs in collated:
                     with torch.inference_mode():
