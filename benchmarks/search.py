@@ -60,6 +60,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--bandwidth-gib", type=float, default=2.0, help="Buffer of the bandwidth test (GiB).")
     parser.add_argument("--workdir", type=Path, default=None, help="Where the index folders go (default: a temp dir).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                        help="milvus: also build and measure the Milvus backend (embedded Milvus Lite, or the "
+                             "server of --milvus-uri) beside FAISS, in the same run.")
+    parser.add_argument("--milvus-uri", default=None, help="A Milvus server (default: embedded, in the work dir).")
+    parser.add_argument("--milvus-index", default="IVF_FLAT", help="Milvus index type to build and measure; the "
+                                                                    "collection is then re-indexed FLAT (exact) and "
+                                                                    "measured again (no second insert).")
     args = parser.parse_args(argv)
 
     from lamra.index import Index, exact_topk
@@ -117,6 +124,8 @@ def main(argv=None) -> dict:
                 name: {"b1": numpy_row["b1_ms"] / 1e3 / t["b1"], "b256": numpy_row["_b256_s"] / t["b256"]}
                 for name, t in ratios.items()}
 
+        if args.backend == "milvus":
+            milvus_rows(results, rows, vectors, ids, fingerprint, work, queries, truth, exact, args)
         params = {k: v for k, v in {"nlist": args.nlist, "nprobe": args.nprobe, "encoding": args.encoding}.items()
                   if v is not None}
         ivf = build_and_open("ivf", vectors, ids, fingerprint, work, params)
@@ -166,6 +175,52 @@ def main(argv=None) -> dict:
               + "\n  ".join(failures), file=sys.stderr, flush=True)
         raise SystemExit(1)
     return results
+
+
+def milvus_rows(results: dict, rows: list, vectors, ids, fingerprint, work: Path, queries, truth, exact: dict,
+                args) -> None:
+    """The Milvus backend beside FAISS: insert rate, batch-1 / batch-256 latency, recall@10 against
+    the exact float16 top 10, and the ratios to the FAISS flat index of the same run."""
+    options = {"index_type": args.milvus_index, **({"milvus_uri": args.milvus_uri} if args.milvus_uri else {})}
+    built = build_and_open("milvus", vectors, ids, fingerprint, work, options, dtype="float32")
+    index = built["index"]
+    timing = time_search(index.search, queries, args.single)
+    found = recall(index.search(queries, 10)[1], truth)
+    rows.append(row(f"milvus {json.dumps(index.manifest['backend_params'])}", built, timing, recall=found))
+    results["milvus_nprobe_sweep"] = []
+    nlist = index.manifest["backend_params"].get("nlist")
+    for nprobe in sorted({2 * index.manifest["backend_params"]["nprobe"], nlist} if nlist else ()):
+        search = lambda q, k: index.search(q, k, nprobe=nprobe)  # noqa: E731
+        results["milvus_nprobe_sweep"].append({"nprobe": nprobe, "recall@10": recall(search(queries, 10)[1], truth),
+                                               "b1_ms": time_search(search, queries, args.single)["b1_s"] * 1e3})
+        print(f"milvus nprobe {nprobe}: {results['milvus_nprobe_sweep'][-1]}", flush=True)
+    results["milvus"] = {"uri": args.milvus_uri or "embedded (Milvus Lite 2.5)", "insert_rows_per_s":
+                         len(ids) / built["build_s"], "recall@10": found, "b1_ms": timing["b1_s"] * 1e3,
+                         "b256_s": timing["b256_s"], "b1_vs_faiss_flat": timing["b1_s"] / exact["b1_s"],
+                         "b256_vs_faiss_flat": timing["b256_s"] / exact["b256_s"],
+                         "params": index.manifest["backend_params"]}
+    print(f"milvus: {results['milvus']['insert_rows_per_s']:.0f} rows/s inserted (with index build and load), "
+          f"batch 1 {timing['b1_s'] * 1e3:.1f} ms ({results['milvus']['b1_vs_faiss_flat']:.1f}x FAISS flat), "
+          f"batch 256 {timing['b256_s']:.2f} s ({results['milvus']['b256_vs_faiss_flat']:.1f}x), "
+          f"recall@10 {found:.3f}", flush=True)
+    if index.manifest["backend_params"]["index_type"] != "FLAT":  # the same rows, searched exactly
+        client, name = index.client, index.collection
+        t0 = time.perf_counter()
+        client.release_collection(name)
+        client.drop_index(name, "vector")
+        flat_params = client.prepare_index_params()
+        flat_params.add_index("vector", index_type="FLAT", metric_type="IP", params={})
+        client.create_index(name, flat_params)
+        client.load_collection(name)
+        index.manifest["backend_params"] = {"index_type": "FLAT"}
+        reindexed = {**built, "build_s": time.perf_counter() - t0}
+        timing = time_search(index.search, queries, args.single)
+        found = recall(index.search(queries, 10)[1], truth)
+        rows.append(row("milvus re-indexed FLAT (build s: the re-index)", reindexed, timing, recall=found))
+        results["milvus_flat"] = {"recall@10": found, "b1_ms": timing["b1_s"] * 1e3, "b256_s": timing["b256_s"],
+                                  "b1_vs_faiss_flat": timing["b1_s"] / exact["b1_s"],
+                                  "b256_vs_faiss_flat": timing["b256_s"] / exact["b256_s"]}
+        print(f"milvus FLAT: {results['milvus_flat']}", flush=True)
 
 
 def build_and_open(backend, vectors, ids, fingerprint, work: Path, params: dict, dtype: str = "float16") -> dict:

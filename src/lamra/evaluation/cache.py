@@ -70,7 +70,7 @@ class EmbeddingCache:
     def index(self, name: str, items: Callable[[], list], encoder: Encoder, *, source: Path, count: int,
               parts: dict | None = None, dtype: str | None = None, locate: Callable[[str], int | None] | None = None,
               instruction: str | Sequence[str | None] | None = None, skip_bad: bool = False,
-              skip_hint: str | None = None):
+              skip_hint: str | None = None, backend: dict | None = None):
         """The index of ``items()`` (called only when it must be built), from the cache when the key matches.
 
         ``source`` is the data file (its sha256 goes into the key), ``count`` the number of items
@@ -79,7 +79,8 @@ class EmbeddingCache:
         ``skip_bad`` leaves out items that fail to load (listed in the index's manifest under
         "skipped"; such an index has its own key); ``skip_hint`` is what the error of a bad item
         suggests otherwise. ``locate(item_id)`` gives the source line of an item, to name it when
-        encoding fails.
+        encoding fails. ``backend``: ``Index.build`` options of another backend (``{"backend":
+        "milvus", "milvus_uri": ...}``); its name, database and index type go into the key.
         """
         from ..index import Index
         from ..index.files import MANIFEST
@@ -92,10 +93,14 @@ class EmbeddingCache:
             key_parts["instructions_sha256"] = strings_sha256(per_item)
         if skip_bad:
             key_parts["skip_bad"] = True
+        backend = dict(backend or {})
+        if backend:
+            key_parts["backend"] = {k: v for k, v in backend.items() if k != "milvus_token"}
         key = cache_key(fingerprint, key_parts)
         path = self.folder / f"{name}.{key}"
         if (path / MANIFEST).is_file():
-            index = Index.open(path, expect=fingerprint, verify=False)
+            index = Index.open(path, expect=fingerprint, verify=False, milvus_uri=backend.get("milvus_uri"),
+                               milvus_token=backend.get("milvus_token"))
             if len(index) + len(index.manifest.get("skipped") or []) == count:
                 logger.info("reusing %s (%d vectors)", path, len(index))
                 self.stats.reused.append(name)
@@ -107,6 +112,9 @@ class EmbeddingCache:
                                    "instruction": instruction, "skip_bad": skip_bad, "skip_hint": skip_hint}
         if self.batch_size is not None:
             options["batch_size"] = self.batch_size
+        if backend:
+            options.update(backend, source=str(source))
+            options["dtype"] = "float32" if dtype == "float16" and backend.get("backend") == "milvus" else dtype
         listed = items()
         try:
             index = Index.build(listed, encoder, path, **options)

@@ -5,7 +5,7 @@ index layer into cached index folders; each query's top-K (50, as in the paper) 
 written as a TREC run, and scored with the task's metric (Recall@5, Recall@10 for Fashion200K and
 FashionIQ; a hit rate, as UniIR computes it).
 
-Pools (``pool=``, spec section 6; every report names the one it used):
+Pools (``pool=``, docs/format.md#m-beir-data-format; every report names the one it used):
 
 - ``local``: each task's own pool;
 - ``global-union``: UniIR's union pool file, each candidate once (``global`` is an alias);
@@ -82,14 +82,17 @@ def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.Path
                    top_k: int = RETRIEVAL_TOP_K, cache_dir: str | os.PathLike | None = None,
                    index_dtype: str = "float16", batch_size: int | None = None, show_progress: bool = True,
                    announce: Callable[[str], None] | None = None, instructions: str = "first", seed: int = 0,
-                   skip_bad: bool = False, shard_size: int = 1024) -> MBEIRResults:
+                   skip_bad: bool = False, shard_size: int = 1024, pool_backend: dict | None = None) -> MBEIRResults:
     """Evaluate ``encoder`` on the M-BEIR root ``root``; reports and runs go to ``out``.
 
     ``pool``: "local", "global-union" (alias "global") or "global-lamra" (module docstring).
     ``instructions``: "first" or "random" (seeded by ``seed``). ``skip_bad``: leave out
     unreadable candidates and queries, counted and listed, instead of stopping. ``shard_size``:
     items per checkpointed shard of an encoding (an interrupted run resumes from its last shard;
-    under torchrun the shards are shared out).
+    under torchrun the shards are shared out). ``pool_backend``: where the candidate pools are
+    indexed, as ``Index.build`` options (``{"backend": "milvus", "milvus_uri": ...}``; default an
+    in-folder flat index). Every task searches the whole pool, with no modality filter: UniIR's
+    global evaluation searches the union pool unfiltered and leaves the modality to the instruction.
     ``cache_dir`` (default ``out/embeddings``) holds the query and pool indexes; a later run with
     the same model, adapter, prompt format, settings and data files reuses them and encodes nothing.
     """
@@ -109,6 +112,7 @@ def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.Path
     say = announce or (lambda message: logger.info(message))
     options = {"skip_bad": skip_bad}
     results: list[TaskResult] = []
+    pool_options = {**options, "backend": pool_backend}
     skipped: dict[str, dict[str, list]] = {"queries": {}, "candidates": {}}
     shared: dict[Path, object] = {}  # pool file -> its index (global pools: encoded once for all tasks)
     with distributed.process_group() as rank:
@@ -123,7 +127,7 @@ def evaluate_mbeir(root: str | os.PathLike, encoder: Encoder, out: str | os.Path
             pool_indexes = []
             for path in pool_paths:
                 if path not in shared:
-                    index = _pool_index(cache, path, encoder, root, **options)
+                    index = _pool_index(cache, path, encoder, root, **pool_options)
                     if pool != "local":
                         shared[path] = index
                 else:
@@ -255,7 +259,8 @@ def distinct_slots(ranked: Sequence[str]) -> list[str]:
     return out
 
 
-def _pool_index(cache: EmbeddingCache, path: Path, encoder: Encoder, root: Path, *, skip_bad: bool):
+def _pool_index(cache: EmbeddingCache, path: Path, encoder: Encoder, root: Path, *, skip_bad: bool,
+                backend: dict | None = None):
     """The pool's index: streamed from the jsonl only when it has to be encoded."""
 
     def items():
@@ -267,7 +272,8 @@ def _pool_index(cache: EmbeddingCache, path: Path, encoder: Encoder, root: Path,
         return [candidate.item(root) for candidate in candidates]
 
     return cache.index(path.stem, items, encoder, source=path, count=count_lines(path),
-                       locate=lambda did: _line_of(path, "did", did), skip_bad=skip_bad, skip_hint=SKIP_HINT)
+                       locate=lambda did: _line_of(path, "did", did), skip_bad=skip_bad, skip_hint=SKIP_HINT,
+                       backend=backend)
 
 
 def _query_index(cache: EmbeddingCache, path: Path, queries: list[MBEIRQuery], instructions: list[str],

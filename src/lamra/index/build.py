@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 WORK = ".work"
 PLAN = "plan.json"
-SKIP_HINT = "pass --skip-bad / skip_bad=True to index the other items"
+SKIP_HINT = "pass skip_bad=True to index the other items"
+CLI_SKIP_HINT = "pass --skip-bad to index the other items"  # the same advice in the CLI's words
 
 
 @dataclass

@@ -93,3 +93,10 @@ def load_npy(path: Path, *, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CorruptIndexError(f"cannot read vectors ({exc}); rebuild the index", file=str(path)) from None
+
+
+def line_offsets(path: Path) -> np.ndarray:
+    """The byte offset of every line of a jsonl file (to read one item's metadata)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,10 +28,11 @@ from ..errors import IncompatibleArtifactError
 from . import files
 from .backends import FaissSearcher, make_searcher, resolve_params
 from .build import add_items, build_index
-from .checks import FINGERPRINT_KEYS, check_fingerprint, check_new_ids
+from .checks import check_fingerprint, check_new_ids
+from .records import ItemLookup, new_manifest, normalise_metadata, now
 
 
-class Index:
+class Index(ItemLookup):
     """A searchable, on-disk (or in-memory) collection of item vectors.
 
     >>> index = Index.build(items, retriever, "my-index")          # encode, checkpointing shards
@@ -56,8 +56,17 @@ class Index:
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids: list[str], fingerprint: dict, *,
                      metadata: list[dict] | None = None, path=None, backend: str = "flat",
-                     dtype: str = "float16", **backend_params) -> "Index":
-        """An index over vectors you already have; ``path=None`` keeps it in memory."""
+                     dtype: str | None = None, **backend_params) -> "Index":
+        """An index over vectors you already have; ``path=None`` keeps it in memory (not for
+        ``backend="milvus"``, which takes ``milvus_uri`` / ``milvus_token`` / ``milvus_collection``)."""
+        if backend == "milvus":
+            from .milvus import MilvusIndex
+            from .milvus_build import from_vectors
+
+            uri = from_vectors(vectors, ids, fingerprint, metadata=metadata, path=path, dtype=dtype or "float32",
+                               **backend_params)
+            return MilvusIndex.open(path, verify=False, milvus_uri=uri, milvus_token=backend_params.get("milvus_token"))
+        dtype = dtype or "float16"
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be a 2-D array, got shape {vectors.shape}")
@@ -76,7 +85,7 @@ class Index:
         return index
 
     @classmethod
-    def build(cls, items: Iterable[Any], retriever, path, *, backend: str = "flat", dtype: str = "float16",
+    def build(cls, items: Iterable[Any], retriever, path, *, backend: str = "flat", dtype: str | None = None,
               shard_size: int = 1024, show_progress: bool = True,
               instruction: str | Sequence[str | None] | None = None, **backend_params) -> "Index":
         """Encode ``items`` (each with an id) into a new index folder at ``path``.
@@ -91,18 +100,41 @@ class Index:
         (leave out items whose image is unreadable, listed in the manifest), ``batch_size``,
         ``max_batch_tokens`` and the backend's parameters (``nlist``, ``nprobe``, ``M``,
         ``ef_search``, ``encoding`` ...).
+
+        ``backend="milvus"``: the vectors go to a Milvus collection (:mod:`lamra.index.milvus`;
+        ``milvus_uri`` - default an embedded database in the folder -, ``milvus_token``,
+        ``milvus_collection``, ``index_type``, ``source``); ``dtype`` defaults to float32 there
+        and to float16 for the FAISS backends.
         """
-        return build_index(cls, items, retriever, path, backend=backend, dtype=dtype, shard_size=shard_size,
-                           show_progress=show_progress, instruction=instruction, **backend_params)
+        if backend == "milvus":
+            from .milvus import MilvusIndex
+            from .milvus_build import build_milvus
+
+            uri = build_milvus(items, retriever, path, dtype=dtype or "float32", shard_size=shard_size,
+                               show_progress=show_progress, instruction=instruction, **backend_params)
+            return MilvusIndex.open(path, verify=False, milvus_uri=uri, milvus_token=backend_params.get("milvus_token"))
+        return build_index(cls, items, retriever, path, backend=backend, dtype=dtype or "float16",
+                           shard_size=shard_size, show_progress=show_progress, instruction=instruction,
+                           **backend_params)
 
     @classmethod
-    def open(cls, path, *, expect: dict | None = None, verify: bool = True) -> "Index":
+    def open(cls, path, *, expect: dict | None = None, verify: bool = True, milvus_uri: str | None = None,
+             milvus_token: str | None = None) -> "Index":
         """Open an index folder. ``expect`` (a ``Retriever.fingerprint()``) refuses an index made
         by another model, adapter, prompt format or dimension. ``verify`` checks every file's
         sha256 (``False``: sizes only, faster for very large indexes). The vectors are loaded
-        into the search backend on the first search (or ``load()``)."""
+        into the search backend on the first search (or ``load()``).
+
+        A Milvus index (its manifest says so) opens as a :class:`~lamra.index.milvus.MilvusIndex`
+        on the database its manifest names, or on ``milvus_uri`` (``milvus_token``: default
+        ``$MILVUS_TOKEN``)."""
         path = Path(path)
         manifest = files.read_manifest(path)
+        if manifest.get("backend") == "milvus":
+            from .milvus import MilvusIndex
+
+            return MilvusIndex.open(path, expect=expect, verify=verify, milvus_uri=milvus_uri,
+                                    milvus_token=milvus_token, manifest=manifest)
         check_fingerprint(manifest, expect, where=str(path))
         segments = [_Segment.load(path, entry, manifest, verify=verify) for entry in manifest["segments"]]
         count = sum(len(s) for s in segments)
@@ -128,14 +160,6 @@ class Index:
         return f"Index({len(self)} items, dim {self.dim}, {self.manifest['backend']}, {where})"
 
     @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
     def _searcher(self):
         if self._searcher_object is None:
             with self._lock:
@@ -147,9 +171,6 @@ class Index:
         """Load the vectors into the search backend now (otherwise the first search does)."""
         self._searcher  # noqa: B018 - loads on access
         return self
-
-    def fingerprint(self) -> dict:
-        return {k: self.manifest.get(k) for k in FINGERPRINT_KEYS}
 
     def vectors(self) -> np.ndarray:
         """All stored vectors (N, dim) as float32 (a copy)."""
@@ -173,27 +194,15 @@ class Index:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(queries)
+        if search_params.pop("where", None) is not None:
+            raise ValueError(f"--where filters need a Milvus index; this one is {self.manifest['backend']} "
+                             "(build it with --backend milvus)")
         searcher = self._searcher
         if search_params:
             searcher = _with_params(searcher, search_params)
         scores, positions = searcher.search(queries, k)
         ids = [[self._ids[p] for p in row if p >= 0] for row in positions]
         return scores, ids
-
-    def position(self, item_id: str) -> int:
-        if self._positions is None:
-            self._positions = {item_id: n for n, item_id in enumerate(self._ids)}
-        try:
-            return self._positions[str(item_id)]
-        except KeyError:
-            raise KeyError(f"no item with id {item_id!r} in this index") from None
-
-    def __contains__(self, item_id) -> bool:
-        try:
-            self.position(item_id)
-        except KeyError:
-            return False
-        return True
 
     def metadata(self, item_id: str) -> dict:
         """The stored metadata of an item: {"id", "text", "image", "images", ...extra fields}."""
@@ -293,7 +302,7 @@ class _Segment:
         if self._records is not None:
             return dict(self._records[position])
         if self._offsets is None:
-            self._offsets = _line_offsets(self._items_path)
+            self._offsets = files.line_offsets(self._items_path)
         with open(self._items_path, "rb") as handle:
             handle.seek(int(self._offsets[position]))
             return json.loads(handle.readline())
@@ -344,12 +353,6 @@ def write_npy(folder: Path, name: str, array: np.ndarray) -> dict:
     return files.describe_file(folder, name)
 
 
-def _line_offsets(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
-    return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
-
-
 def _build_searcher(manifest: dict, segments: list[_Segment]):
     """A backend over the segments' vectors (trained and filled here for IVF / HNSW)."""
     searcher = make_searcher(manifest["backend"], int(manifest["dim"]), manifest["dtype"],
@@ -377,49 +380,3 @@ def _with_params(searcher, overrides: dict):
     if unknown:
         raise ValueError(f"unknown {searcher.kind} search parameter(s) {sorted(unknown)}")
     return FaissSearcher(searcher.kind, searcher.dim, {**searcher.params, **overrides}, searcher.index)
-
-
-def new_manifest(fingerprint: dict, *, dtype: str, backend: str, params: dict) -> dict:
-    from ..version import __version__
-
-    stamp = now()
-    return {
-        "format": files.INDEX_FORMAT,
-        **{k: fingerprint.get(k) for k in FINGERPRINT_KEYS},
-        "count": 0,
-        "dtype": dtype,
-        "backend": backend,
-        "backend_params": params,
-        "created": stamp,
-        "updated": stamp,
-        "lamra_version": __version__,
-        "segments": [],
-    }
-
-
-def normalise_metadata(record: dict) -> dict:
-    """{"id", "text", "image" (first image, absolute), "images" (all), JSON-able extra fields}."""
-    images = record.get("images")
-    if images is None:
-        images = [record["image"]] if record.get("image") else []
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    paths = [str(Path(p).resolve()) for p in images if isinstance(p, (str, os.PathLike))]
-    out = {k: v for k, v in record.items() if k not in ("image", "images") and _jsonable(v)}
-    out.setdefault("text", None)
-    out["image"] = paths[0] if paths else None
-    out["images"] = paths
-    return out
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-

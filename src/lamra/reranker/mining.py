@@ -256,13 +256,15 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
          queries: Sequence[str | os.PathLike] | None = None, pool: str | os.PathLike | None = None,
          pools: str = "task", instructions: str = "first", seed: int = 0, shard_size: int = 1024,
          batch_size: int | None = None, show_progress: bool = True, overwrite: bool = False,
-         plan: _Plan | None = None) -> MiningSummary:
+         plan: _Plan | None = None, pool_backend: dict | None = None) -> MiningSummary:
     """Mine the top ``k`` of every training query of the M-BEIR root ``root`` into ``out`` (jsonl).
 
     See the module docstring for the queries, pools and output; ``retriever`` is a
     :class:`~lamra.retriever.model.Retriever` (or anything with ``encode`` and ``fingerprint``).
     Run again with the same arguments after a kill, it resumes. ``plan``: what
     :func:`plan_mining` returned for the same arguments (saves reading the data twice).
+    ``pool_backend``: ``Index.build`` options for the pool (``{"backend": "milvus", "milvus_uri":
+    ...}``): each task then searches the pool in Milvus with a filter that selects its part of it.
     """
     from ..index import Index
 
@@ -289,9 +291,11 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
         options = {"shard_size": shard_size, "show_progress": show_progress and rank == 0}
         if batch_size is not None:
             options["batch_size"] = batch_size
+        pool_options = {"dtype": "float16", **options}
+        if pool_backend:  # (Milvus keeps float32: an embedded database indexes float16 only with FLAT)
+            pool_options.update(pool_backend, dtype="float32", source=str(plan.pool_file))
         pool_index = _build(Index, [c.item(root) for c in plan.candidates], retriever, work / "pool",
-                            lines={c.did: c.line for c in plan.candidates}, file=plan.pool_file,
-                            dtype="float16", **options)
+                            lines={c.did: c.line for c in plan.candidates}, file=plan.pool_file, **pool_options)
         query_index = _build(Index, [q.item(root) for q in plan.queries], retriever, work / "queries",
                              lines={q.qid: q.line for q in plan.queries}, file=None, sources=plan,
                              instruction=plan.instructions, dtype="float32", **options)
@@ -303,6 +307,8 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
             for name, rows in plan.tasks.items():
                 summary.tasks[name] = _search_task(name, rows, plan, vectors, k, results)
             _assemble(plan, results, out)
+            if pool_index.manifest["backend"] == "milvus":
+                pool_index.drop()  # a work folder's index: its collection goes with the folder
             atomic_write_bytes(Path(str(out) + ".summary.json"), json.dumps(
                 {**record, "tasks": summary.tasks, "queries": len(plan.queries)}, indent=2).encode())
             shutil.rmtree(work, ignore_errors=True)
@@ -351,12 +357,15 @@ def _search_task(name: str, rows: list[int], plan: _Plan, vectors: _Vectors, k: 
     if not done.is_file():
         members = plan.task_pools[name]
         pool_index = vectors.pool_index
+        where = {}
         if len(members) == len(pool_index):
             index = pool_index
+        elif pool_index.manifest["backend"] == "milvus":
+            index, where = pool_index, {"where": task_filter(plan, name)}
         else:
             index = Index.from_vectors(vectors.pool()[members], [plan.candidates[n].did for n in members],
                                        pool_index.fingerprint(), dtype="float32")
-        scores, ranked = index.search(vectors.queries()[rows], k=k)
+        scores, ranked = index.search(vectors.queries()[rows], k=k, **where)
         lines = []
         for row, row_scores, row_ids in zip(rows, scores, ranked):
             query = plan.queries[row]
@@ -366,6 +375,29 @@ def _search_task(name: str, rows: list[int], plan: _Plan, vectors: _Vectors, k: 
         atomic_write_bytes(done, "".join(lines).encode("utf-8"))
         logger.info("%s: mined the top %d of %d queries in a pool of %d", name, k, len(rows), len(index))
     return _task_stats(done, len(plan.task_pools[name]))
+
+
+def task_filter(plan: _Plan, name: str) -> str:
+    """A Milvus expression that selects exactly the task's part of the pool: its dataset and
+    candidate modality (the fields the index stored), plus its positives from elsewhere."""
+    from ..index.milvus_db import dataset_of, modality_of
+
+    first = plan.queries[plan.tasks[name][0]]
+    wanted = TASK_MODALITIES[first.task_id][1]
+    members = set(plan.task_pools[name])
+    matched = set()
+    for n, candidate in enumerate(plan.candidates):
+        item = candidate.item(".")  # what was indexed: the modality field comes from its parts
+        if dataset_of(candidate.did) == first.dataset_id and \
+                modality_of({"text": item.text, "images": item.images}) == wanted:
+            matched.add(n)
+    expression = f"(dataset_id == {int(first.dataset_id)} and modality == {json.dumps(wanted)}"
+    excluded = [plan.candidates[n].did for n in sorted(matched - members)]
+    if excluded:
+        expression += f" and id not in {json.dumps(excluded)}"
+    expression += ")"
+    extra = [plan.candidates[n].did for n in sorted(members - matched)]
+    return expression + (f" or id in {json.dumps(extra)}" if extra else "")
 
 
 def _task_stats(path: Path, pool_size: int) -> dict:
