@@ -113,3 +113,19 @@ def test_rerank_benchmark_profile_labels_lamras_stages_and_restores_them(capsys)
                   "lamra::forward:Qwen2VLTextModel"):
         assert f"stage {stage}" in printed
     assert rerank_forward._pixels is pixels  # the labels are gone after the profile
+
+
+SERVE_ARGS = ["--clients", "4", "--requests", "2", "--rounds", "1"]
+
+
+@pytest.mark.slow  # starts a lamra serve process
+def test_serve_benchmark_compares_the_routes_on_the_same_vectors(capsys):
+    result = load("serve_openai").main(SERVE_ARGS)
+    assert result["same_vectors"] and result["max_abs_diff"] <= 1e-5
+    assert result["items_per_round"] == 8 and result["openai_vs_embed"] > 0
+    module = load("serve_openai")
+    real = module._v1_vector
+    module._v1_vector = lambda answer: real(answer)[::-1].copy()  # a route that returns another vector
+    with pytest.raises(SystemExit) as caught:
+        module.main(SERVE_ARGS)
+    assert caught.value.code == 1 and "FAILED" in capsys.readouterr().err

@@ -103,3 +103,55 @@ def live_server(app):
 def artifacts_dir():
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serve_process(*args, env=None, timeout_s=120.0):
+    """``lamra serve ARGS --port P`` in a subprocess (its own interpreter, as deployed): yields its URL."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    code = "import sys; from lamra.cli import main; sys.exit(main(sys.argv[1:]))"
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-c", code, "serve", *map(str, args), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"lamra serve exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lamra serve did not answer on {url} within {timeout_s} s")
+            time.sleep(0.1)
+        log.seek(0)
+        process.start_line = log.read().decode()
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()

@@ -20,6 +20,7 @@ CHROMIUM = Path(os.environ.get("LAMRA_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 IMAGE_ITEMS = 5  # items of the serving index that have an image
+PAGE_KEY = "page-test-key"  # the reranking server's API key: the page asks for it once
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,14 @@ def browser_context(tmp_path_factory):
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
             args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
         context.set_default_timeout(20_000)
+        # The page asks for the API key (window.prompt) when a server wants one: answer, and count the asks.
+        context.key_prompts = []
+
+        def answer(dialog):
+            context.key_prompts.append(dialog.message)
+            dialog.accept(PAGE_KEY)
+
+        context.on("page", lambda page: page.on("dialog", answer))
         try:
             yield context
         finally:
@@ -48,7 +57,7 @@ def browser_context(tmp_path_factory):
 def server_with_reranker(tiny_retriever, serving_index):
     from lamra.serving.app import create_app
 
-    with live_server(create_app(tiny_retriever, serving_index, reranker=FakeReranker())) as url:
+    with live_server(create_app(tiny_retriever, serving_index, reranker=FakeReranker(), api_keys=[PAGE_KEY])) as url:
         yield url
 
 
@@ -74,8 +83,9 @@ def test_search_page_with_text_and_uploaded_image(browser_context, server_with_r
     page = browser_context.new_page()
     page_errors = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    asked = len(browser_context.key_prompts)
     page.goto(server_with_reranker + "/")
-    expect(page.locator("#server-info")).to_contain_text("9 items")
+    expect(page.locator("#server-info")).to_contain_text("9 items")  # /info answered: the key was given
     assert page.is_visible("#rerank-toggle")  # this server has a reranker
 
     page.fill("#query", "a red circle")
@@ -107,6 +117,9 @@ def test_search_page_with_text_and_uploaded_image(browser_context, server_with_r
     assert cards.nth(0).locator("img.thumb").count() == 0
     page.screenshot(path=str(artifacts_dir / "serving-page-reranked.png"), full_page=True)
     assert page_errors == []
+    # Asked once for the whole visit (info, two searches, thumbnails), kept in the tab's memory only.
+    assert browser_context.key_prompts[asked:] == ["This server needs an API key:"]
+    assert page.evaluate("() => [localStorage.length, sessionStorage.length, document.cookie]") == [0, 0, ""]
 
 
 def test_drag_and_drop_an_image_and_empty_query_message(browser_context, server_with_reranker, image_files):

@@ -58,7 +58,7 @@ def test_serve_options_reach_the_app(captured_run, monkeypatch, tiny_checkpoint,
                         classmethod(lambda cls, model, **options: rerank_loads.append((model, options)) or FakeReranker()))
     monkeypatch.setattr("lamra.qwen2vl.model_source.check_model_source", lambda source, **kw: None)  # "some/reranker"
     code = main(["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu",
-                 "--rerank", "some/reranker", "--host", "0.0.0.0", "--port", "0", "--max-k", "5",
+                 "--rerank", "some/reranker", "--host", "0.0.0.0", "--no-auth", "--port", "0", "--max-k", "5",
                  "--max-batch-size", "4", "--alpha", "0.25", "--rerank-scores", "raw"])
     assert code == 0
     (call,) = captured_run
@@ -162,3 +162,23 @@ def test_serve_logs_one_line_per_request(captured_run, tiny_checkpoint, serving_
     lines = [r.getMessage() for r in caplog.records if r.name == "lamra.serving.access"]
     assert [line.rsplit(" ", 2)[0] for line in lines] == ["GET /health 200", "POST /search 200", "GET /items/nope 404"]
     assert all(line.endswith(" ms") and float(line.split()[-2]) >= 0 for line in lines)
+
+
+def test_serve_refuses_a_network_bind_without_a_key(captured_run, counted_loads, tiny_checkpoint, serving_index,
+                                                    capsys, monkeypatch):
+    monkeypatch.delenv("LAMRA_API_KEY", raising=False)
+    base = ["serve", str(serving_index.path), "--model", str(tiny_checkpoint), "--device", "cpu", "--port", "0"]
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refusing to serve 0.0.0.0 without an API key") and "--api-key" in err
+    assert "--no-auth" in err and len(err.splitlines()) == 1
+    assert counted_loads == [] and captured_run == []  # refused before anything loads or binds
+    # --no-auth opts out, and the start line says so; a key from LAMRA_API_KEY is enough.
+    assert main([*base, "--host", "0.0.0.0", "--no-auth"]) == 0
+    assert "open to anyone who reaches the port (--no-auth)" in capsys.readouterr().out
+    monkeypatch.setenv("LAMRA_API_KEY", "k1,k2")
+    assert main([*base, "--host", "0.0.0.0"]) == 0
+    assert "API keys required (2 accepted)" in capsys.readouterr().out
+    with TestClient(captured_run[-1]["app"]) as client:
+        assert client.get("/info").status_code == 401
+        assert client.get("/info", headers={"Authorization": "Bearer k2"}).status_code == 200

@@ -39,7 +39,8 @@ def make_queries(image_files):
 
 
 def payload(text, image):
-    body = {"text": text, "k": 9}
+    # "none": no instruction, as the reference encodes (lamra serve would add the default one).
+    body = {"text": text, "k": 9, "instruction": "none"}
     if image is not None:
         body["image"] = base64.b64encode(image.read_bytes()).decode()
     return body

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import logging
 import mimetypes
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -22,9 +23,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.default_instructions import MODALITIES as QUERY_MODALITIES
+from ..data.default_instructions import choose_instruction, default_instruction, index_modality, modality
 from ..items import Item
 from ..version import __version__
-from .engine import Query, SearchEngine
+from .auth import ApiKeyAuth, openai_error
+from .engine import Query, SearchEngine, describe_reranker
 from .limits import (
     ApiError,
     BodySizeLimit,
@@ -36,6 +40,7 @@ from .limits import (
     decode_base64,
     decode_image,
 )
+from .metrics import Metrics, RecordRequests
 from .middleware import AccessLog, SecurityHeaders
 from .schemas import (
     ERROR_RESPONSES,
@@ -46,6 +51,7 @@ from .schemas import (
     SearchRequest,
     SearchResponse,
 )
+from .standard import ServedNames, add_standard_routes, is_standard_path
 from .uploads import hide_upload_paths, read_search_fields, remove_uploads, save_video, validation_error
 
 logger = logging.getLogger(__name__)
@@ -57,16 +63,33 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' bl
 
 
 def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = None,
-               untrained: bool = False) -> FastAPI:
+               untrained: bool = False, api_keys: Sequence[str] = (), model_names: Sequence[str] = (),
+               rerank_names: Sequence[str] = (), load_seconds: float | None = None,
+               default_instructions: bool = False) -> FastAPI:
     """A server over ``index`` (a :class:`lamra.index.Index`) queried with ``retriever``.
 
     ``reranker`` is any object with ``score(query_item, candidate_items) -> P(Yes) array``;
     without one, requests asking for reranking get a 400 and the page hides its toggle.
     ``untrained`` (a model marked as random weights, see :mod:`lamra.qwen2vl.model_source`) puts the
-    CLI's warning in /info and on the page.
+    CLI's warning in /info and on the page. ``api_keys``: every route but /health (and the page's
+    static shell) needs one of them as a bearer token. ``model_names`` / ``rerank_names``: the names
+    the standard routes' ``model`` field may give besides the models' own ids (the first is listed).
+    ``load_seconds``: the models' load time, for /metrics. ``default_instructions`` (``lamra serve``):
+    a /search query without an instruction gets the M-BEIR one of the closest task (``none``: none),
+    shown on the page; without it such a query has none.
     """
     config = config or ServeConfig()
-    engine = SearchEngine(retriever, index, reranker=reranker, config=config, untrained=untrained)
+    metrics = Metrics()
+    engine = SearchEngine(retriever, index, reranker=reranker, config=config, untrained=untrained, metrics=metrics)
+    names = ServedNames(retriever.fingerprint(), model_names)
+    reranker_card = describe_reranker(reranker)
+    served_rerank = None if reranker is None else ServedNames(reranker_card, rerank_names)
+    metrics.queue_depth.set_function(engine.batcher.pending)
+    if load_seconds is not None:
+        metrics.model_load.set(load_seconds)
+    metrics.describe_models(retriever.fingerprint(), reranker_card,
+                            fingerprint=fingerprint_digest(retriever.fingerprint()),
+                            reranker_fingerprint=None if reranker is None else fingerprint_digest(reranker_card))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -84,18 +107,40 @@ def create_app(retriever, index, *, reranker=None, config: ServeConfig | None = 
         lifespan=lifespan,
     )
     app.state.engine = engine
+    # A query without an instruction gets the M-BEIR one of the closest task, as in lamra search.
+    app.state.index_kind = index_modality(index) if default_instructions else None
     app.state.config = config
+    app.state.metrics = metrics
     _add_error_handlers(app)
     _add_routes(app, engine, config)
+    add_standard_routes(app, engine, config, names=names, rerank_names=served_rerank)
+
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency, batches, queue, items, model load")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    if api_keys:
+        app.add_middleware(ApiKeyAuth, keys=api_keys)
+    app.add_middleware(RecordRequests, metrics=metrics)  # counts refusals by the others too
     app.add_middleware(AccessLog)  # outermost: it times and logs refusals by the others too
     return app
 
 
+def fingerprint_digest(fingerprint: dict) -> str:
+    """A short digest of a model fingerprint (the info metric's label; /v1/models has it whole)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, device=None, dtype=None,
-             config: ServeConfig | None = None, settings=None) -> FastAPI:
+             config: ServeConfig | None = None, settings=None, api_keys: Sequence[str] = (),
+             model_names: Sequence[str] = (), rerank_names: Sequence[str] = (),
+             milvus_uri: str | None = None, milvus_token: str | None = None) -> FastAPI:
     """Open the index, load the retriever (once) and the reranker, build the app.
 
     The index opens first, so a wrong folder fails before a model loads; the app refuses an
@@ -107,7 +152,8 @@ def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, dev
     from ..qwen2vl.model_source import is_untrained
     from ..retriever.model import Retriever
 
-    index = Index.open(index_path)
+    index = Index.open(index_path, milvus_uri=milvus_uri, milvus_token=milvus_token)
+    started = time.perf_counter()
     retriever = Retriever.from_pretrained(model, lora=lora, device=device, dtype=dtype, settings=settings)
     reranker = None
     if rerank is not None:
@@ -116,8 +162,12 @@ def load_app(index_path, model, *, lora=None, rerank=None, rerank_lora=None, dev
         # The reranker keeps its own folder's settings; only the score mode comes from the command.
         reranker = Reranker.from_pretrained(rerank, lora=rerank_lora, device=device, dtype=dtype,
                                             rerank_scores=settings.rerank_scores if settings else None)
+    # The names a client knows the models by: the --model / --rerank value as given (as vLLM serves it).
     return create_app(retriever, index, reranker=reranker, config=config,
-                      untrained=is_untrained(model) or (rerank is not None and is_untrained(rerank)))
+                      untrained=is_untrained(model) or (rerank is not None and is_untrained(rerank)),
+                      api_keys=api_keys, model_names=[*model_names, str(model)],
+                      rerank_names=[*rerank_names, *([str(rerank)] if rerank is not None else [])],
+                      load_seconds=time.perf_counter() - started, default_instructions=True)
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -141,7 +191,8 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
 
     @app.get("/info", summary="Model fingerprint, index manifest and counts, reranker, limits, batching")
     def info() -> dict:
-        return engine.info()
+        defaults = {kind: default_instruction(kind, app.state.index_kind).instruction for kind in QUERY_MODALITIES}
+        return {**engine.info(), "default_instructions": defaults if app.state.index_kind else None}
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES,
               summary="Search the index with text and/or an image",
@@ -154,6 +205,9 @@ def _add_routes(app: FastAPI, engine: SearchEngine, config: ServeConfig) -> None
         fields, uploads = await read_search_fields(request, config)
         text = check_text(fields.get("text"), field="text", limit=config.max_text_chars)
         instruction = check_text(fields.get("instruction"), field="instruction", limit=config.max_instruction_chars)
+        if app.state.index_kind is not None:
+            instruction = choose_instruction(instruction, modality(text, uploads.image is not None or uploads.video
+                                                                   is not None), app.state.index_kind).instruction
         k = check_int(fields.get("k"), field="k", low=1, high=config.max_k, default=config.default_k)
         rerank = check_bool(fields.get("rerank"), field="rerank")
         depth = check_int(fields.get("rerank_depth"), field="rerank_depth", low=k,
@@ -278,10 +332,20 @@ def _has_alpha(image) -> bool:
 # -- errors and headers ------------------------------------------------------------------
 
 
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    """lamra's body ({detail, code, field}), or OpenAI's on the standard routes (param: the field)."""
+    if is_standard_path(request.url.path):
+        kind = "not_found_error" if error.status == 404 else (
+            "invalid_request_error" if error.status < 500 else "server_error")
+        body = openai_error(error.message, kind=kind, param=error.field, code=error.code)
+        return JSONResponse(body, status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, exc: RequestValidationError):
@@ -290,11 +354,11 @@ def _add_error_handlers(app: FastAPI) -> None:
             error = ApiError(400, "bad_json", "the body is not valid JSON")
         else:
             error = validation_error(errors)
-        return JSONResponse(error.body(), status_code=error.status)
+        return _error_response(request, error)
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge):
-        return JSONResponse(ApiError(413, "body_too_large", str(exc)).body(), status_code=413)
+        return _error_response(request, ApiError(413, "body_too_large", str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

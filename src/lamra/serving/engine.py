@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..index.checks import check_fingerprint
 from ..items import Item
-from ..pipeline import Hit, Pipeline, alpha_for, item_from_metadata
+from ..pipeline import LISTWISE, POINTWISE, Hit, Pipeline, alpha_for, item_from_metadata, rerank_scores
 from .batcher import MicroBatcher, QueueFull
 from .limits import ApiError, ServeConfig
 
@@ -68,6 +68,7 @@ class _Job:
     item: Item
     instruction: str | None
     k: int  # 0: embed only
+    prepared: Any = None  # the item's tokenized prompt, when the request already made it
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class SearchEngine:
     """Owns the retriever, index, optional reranker and the batching queue of one server."""
 
     def __init__(self, retriever, index, *, reranker: ScoresCandidates | None = None,
-                 config: ServeConfig | None = None, untrained: bool = False):
+                 config: ServeConfig | None = None, untrained: bool = False, metrics=None):
         self.retriever = retriever
+        self.metrics = metrics  # a lamra.serving.metrics.Metrics, or None
         self.untrained = untrained
         self.index = index
         self.reranker = reranker
@@ -115,9 +117,17 @@ class SearchEngine:
     # -- the model thread -------------------------------------------------------------
 
     def _run_batch(self, jobs: Sequence[_Job]) -> list[_Encoded]:
-        vectors = self.pipeline.encode([job.item for job in jobs], [job.instruction for job in jobs],
-                                       batch_size=len(jobs))
+        if all(job.prepared is not None for job in jobs):
+            # Tokenized once, in the request (which counted its tokens from them).
+            vectors = self.retriever.encode_prepared([job.prepared for job in jobs], batch_size=len(jobs),
+                                                     show_progress=False)
+        else:
+            vectors = self.pipeline.encode([job.item for job in jobs], [job.instruction for job in jobs],
+                                           batch_size=len(jobs))
         vectors = np.asarray(vectors, dtype=np.float32)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(jobs))
+            self.metrics.items_encoded.inc(len(jobs))
         results = [_Encoded(vectors[row]) for row in range(len(jobs))]
         searching = [row for row, job in enumerate(jobs) if job.k > 0]
         if searching:
@@ -176,19 +186,47 @@ class SearchEngine:
         """The pipeline's rerank and fusion of all of ``found`` (equal fused scores keep the
         retrieval order), in the reranker's thread, within the request's deadline."""
         rerank = partial(self.pipeline.rerank, query, found, instruction=query.instruction, top_k=len(found))
-        call = asyncio.get_running_loop().run_in_executor(self._rerank_pool, rerank)
+        ranked = await self._in_rerank_thread(rerank, deadline)
+        if self.metrics is not None:
+            self.metrics.candidates_reranked.labels(POINTWISE).inc(len(found))
+        return ranked
+
+    async def rerank_documents(self, query: Query, documents: Sequence[Item], *, mode: str = POINTWISE) -> np.ndarray:
+        """The reranker's score of each document for ``query``: P(Yes) (pointwise) or, listwise, each
+        position's probability from :meth:`~lamra.reranker.model.Reranker.pick` (its windows for long lists)."""
+        if self.reranker is None:
+            raise ApiError(400, "rerank_unavailable", "this server has no reranker; start it with --rerank MODEL",
+                           field="model")
+        reranker = self.pipeline.reranker
+        if mode == LISTWISE and not callable(getattr(self.reranker, "pick", None)):
+            raise ApiError(400, "listwise_unavailable", "this reranker has no listwise head", field="mode")
+        deadline = time.monotonic() + self.config.request_timeout_s
+        if mode == LISTWISE:
+            call = partial(reranker.pick_probabilities, query, documents, query.instruction)
+        else:
+            call = partial(rerank_scores, reranker, query, documents, mode=POINTWISE, instruction=query.instruction)
+        scores = await self._in_rerank_thread(call, deadline)
+        if self.metrics is not None:
+            self.metrics.candidates_reranked.labels(mode).inc(len(documents))
+        return np.asarray(scores, dtype=np.float64)
+
+    async def _in_rerank_thread(self, call, deadline: float):
+        future = asyncio.get_running_loop().run_in_executor(self._rerank_pool, call)
         try:
-            return await asyncio.wait_for(call, _remaining(deadline))
+            return await asyncio.wait_for(future, _remaining(deadline))
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the reranker did not answer within {self.config.request_timeout_s} s"
                            ) from None
         except InputError as exc:
             raise ApiError(400, "bad_input", str(exc), field=exc.field) from None
 
-    async def embed(self, items: Sequence[Item], instruction: str | None = None) -> np.ndarray:
-        """(N, D) float32 unit vectors; the items join the same batches as search queries."""
+    async def embed(self, items: Sequence[Item], instruction: str | None = None, *,
+                    prepared: Sequence | None = None) -> np.ndarray:
+        """(N, D) float32 unit vectors; the items join the same batches as search queries.
+        ``prepared``: their prompts as ``retriever.prepare`` made them (not tokenized again)."""
         deadline = time.monotonic() + self.config.request_timeout_s
-        jobs = [self._submit(_Job(item, instruction, 0), deadline) for item in items]
+        prepared = prepared if prepared is not None else [None] * len(items)
+        jobs = [self._submit(_Job(item, instruction, 0, ready), deadline) for item, ready in zip(items, prepared)]
         encoded = await asyncio.gather(*jobs)
         return np.stack([e.vector for e in encoded]) if encoded else np.zeros((0, self.retriever.dim), np.float32)
 
@@ -228,6 +266,8 @@ class SearchEngine:
         manifest = dict(self.index.manifest)
         return {
             "model": self.retriever.fingerprint(),
+            # The LamRA release's rules the vectors are made under (docs/format.md#rule-sets).
+            "rules": self.retriever_settings().for_model_type(None).rules,
             "untrained": self.untrained,
             "warnings": [UNTRAINED_WARNING] if self.untrained else [],
             "index": {"manifest": manifest, "count": len(self.index)},  # not its folder: no paths leave
@@ -254,11 +294,25 @@ class _ServerReranker:
             scores = self.reranker.score(query.item(), candidates, instruction=instruction)
         else:
             scores = self.reranker.score(query.with_instruction_in_text(), candidates)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if scores.shape[0] != len(candidates) or not np.all(np.isfinite(scores)):
-            raise RuntimeError(f"the reranker returned {scores.shape[0]} scores for {len(candidates)} candidates "
-                               "(or non-finite values)")
-        return scores
+        return _checked(scores, len(candidates))
+
+    def pick_probabilities(self, query: Query, candidates: Sequence[Item],
+                           instruction: str | None = None) -> np.ndarray:
+        """Listwise: each position's probability (the reranker's ``pick``, its windows for long lists)."""
+        if _accepts(self.reranker.pick, "instruction"):
+            _, probabilities = self.reranker.pick(query.item(), candidates, instruction=instruction)
+        else:
+            _, probabilities = self.reranker.pick(query.with_instruction_in_text(), candidates)
+        return _checked(probabilities, len(candidates))
+
+
+def _checked(scores, count: int) -> np.ndarray:
+    """Scores as float64, refused when their count or a NaN would reorder the results silently."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != count or not np.all(np.isfinite(scores)):
+        raise RuntimeError(f"the reranker returned {scores.shape[0]} scores for {count} candidates "
+                           "(or non-finite values)")
+    return scores
 
 
 def describe_reranker(reranker) -> dict | None:

@@ -31,7 +31,7 @@ class ServeConfig:
     max_batch_size: int = 16  # queries encoded together
     max_wait_ms: float = 2.0  # how long a batch waits for more callers once one arrives
     max_queue: int = 256  # queued queries beyond this get 503 at once
-    alpha: float = 0.5  # fused = alpha * retrieval + (1 - alpha) * rerank (spec section 5)
+    alpha: float = 0.5  # fused = alpha * retrieval + (1 - alpha) * rerank (docs/format.md#retrieve-rerank-fuse)
     default_k: int = 10
     thumbnail_max_side: int = 1024
 

@@ -29,12 +29,9 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class AccessLog:
-    """One INFO line per request on ``lamra.serving.access``: ``GET /search 200 12.3 ms``.
-
-    The path only: query strings and bodies (the user's queries) are not logged. The time runs
-    from the request's arrival to the end of its response body.
-    """
+class ObserveResponses:
+    """ASGI middleware base: :meth:`observe` runs once per HTTP request with the response's status
+    and the seconds from the request's arrival to the end of its body (500 if none was sent)."""
 
     def __init__(self, app):
         self.app = app
@@ -53,7 +50,20 @@ class AccessLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            if access_logger.isEnabledFor(logging.INFO):
-                took = (time.perf_counter() - started) * 1000
-                access_logger.info("%s %s %d %.1f ms", scope.get("method", "?"), scope.get("path", "?"),
-                                   status["code"], took)
+            self.observe(scope, status["code"], time.perf_counter() - started)
+
+    def observe(self, scope, status: int, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class AccessLog(ObserveResponses):
+    """One INFO line per request on ``lamra.serving.access``: ``GET /search 200 12.3 ms``.
+
+    The path only: query strings and bodies (the user's queries) are not logged. The time runs
+    from the request's arrival to the end of its response body.
+    """
+
+    def observe(self, scope, status: int, seconds: float) -> None:
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s %s %d %.1f ms", scope.get("method", "?"), scope.get("path", "?"), status,
+                               seconds * 1000)

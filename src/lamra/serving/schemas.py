@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -113,3 +113,101 @@ ERROR_RESPONSES = {
     503: {"model": ErrorBody, "description": "Queue full; retry shortly"},
     504: {"model": ErrorBody, "description": "The model did not answer within the request timeout"},
 }
+
+
+# -- the ecosystem's shapes: OpenAI embeddings, Cohere v2 / Jina / vLLM rerank, OpenAI models --------------
+
+
+class EmbeddingsRequest(BaseModel):
+    """``POST /v1/embeddings``: OpenAI's fields, vLLM's ``messages`` form, and LamRA's ``instruction``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[str] = Field(None, description="The served model's name or an alias (GET /v1/models).")
+    input: Any = Field(None, description="A string, a list of strings, or a list of items: a string, "
+                                         "{text?, image?} (image a data: URI) or {content: [parts]} "
+                                         "(OpenAI chat parts: text, image_url).")
+    messages: Optional[list[Any]] = Field(None, description="vLLM's one-item form: [{role: 'user', content: "
+                                                            "[{type: 'image_url', image_url: {url}}, "
+                                                            "{type: 'text', text}]}].")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: lists of numbers; base64: little-endian float32 bytes (the openai SDK's "
+                             "default).")
+    dimensions: Optional[int] = Field(None, description="Refused: LamRA vectors have one size.")
+    user: Optional[str] = Field(None, description="Accepted and ignored (OpenAI's end-user id).")
+    instruction: Optional[str] = Field(None, description="Task instruction for every input (queries; "
+                                                         "candidates take none), or an M-BEIR task name such as "
+                                                         "mscoco_task0 standing for its instruction.")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str] = Field(description="Floats, or base64 of little-endian float32.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank`` (also /rerank, /v2/rerank): the shape Cohere v2, Jina and vLLM share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[str] = Field(None, description="The served reranker's name or an alias (GET /v1/models).")
+    query: Any = Field(None, description="A string or {text?, image?} (image a data: URI).")
+    documents: Any = Field(None, description="Strings or {text?, image?} objects.")
+    top_n: Optional[int] = Field(None, description="Return only the best top_n (default: all).")
+    return_documents: bool = Field(False, description="Echo each document in its result.")
+    instruction: Optional[str] = Field(None, description="Task instruction of the query, or an M-BEIR task name.")
+    mode: Literal["pointwise", "listwise"] = Field(
+        "pointwise", description="pointwise: relevance_score is P(Yes) per document; listwise: LamRA-Rank's "
+                                 "listwise head (windows of at most 9 for long lists), each position's probability.")
+    fuse_with: Optional[list[float]] = Field(None, description="Retrieval scores, one per document: relevance_score "
+                                                               "becomes alpha * retrieval + (1 - alpha) * rerank.")
+    alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="Fusion weight (default: the release's weight "
+                                                                      "for task, else 0.5).")
+    task: Optional[str] = Field(None, description="M-BEIR task name choosing the released fusion weight.")
+    max_tokens_per_doc: Optional[int] = Field(None, description="Refused: documents are not cut.")
+    priority: Optional[int] = Field(None, description="Accepted and ignored (Cohere's scheduling hint).")
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    rerank_score: Optional[float] = Field(None, description="With fuse_with: the reranker's own score.")
+    retrieval_score: Optional[float] = Field(None, description="With fuse_with: the retrieval score given.")
+    document: Optional[dict] = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    mode: str
+    results: list[RerankResult]
+    usage: dict
+    meta: dict
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    kind: str = Field(description="embedding or rerank.")
+    aliases: list[str]
+    fingerprint: dict
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

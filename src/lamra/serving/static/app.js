@@ -6,19 +6,53 @@ const $ = (id) => document.getElementById(id);
 let queryFile = null; // the image or video File chosen, dropped or pasted
 let queryKind = null; // "image" or "video": the form field it is sent as
 
+// The server's API key, when it asks for one: kept in this tab's memory only (never stored).
+let apiKey = null;
+
+// fetch with the key; on a 401 the page asks for the key once and retries.
+async function apiFetch(url, options = {}) {
+  const send = () => fetch(url, { ...options, headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {} });
+  const used = apiKey;
+  let response = await send();
+  if (response.status === 401) {
+    // Another request may have asked meanwhile: then its key is tried first.
+    const given = apiKey !== used ? apiKey : window.prompt("This server needs an API key:");
+    if (given) {
+      apiKey = given.trim();
+      response = await send();
+    }
+  }
+  return response;
+}
+
+// An image of the server as a blob URL (an <img src> cannot send the key).
+async function imageUrl(url) {
+  if (!apiKey) return url;
+  const response = await apiFetch(url);
+  return response.ok ? URL.createObjectURL(await response.blob()) : "";
+}
+
 function setStatus(message, isError = false) {
   const status = $("status");
   status.textContent = message;
   status.classList.toggle("error", isError);
 }
 
+// The reranker's checkpoint (its last path part), not its class name ("reranker Reranker").
+function rerankerName(reranker) {
+  return reranker.model ? String(reranker.model).split("/").pop() : reranker.class;
+}
+
 async function loadInfo() {
   try {
-    const response = await fetch("/info");
+    const response = await apiFetch("/info");
     const info = await response.json();
     const model = info.model && info.model.model ? String(info.model.model).split("/").pop() : "?";
     $("server-info").textContent =
-      `${info.index.count} items · model ${model}` + (info.reranker ? ` · reranker ${info.reranker.class}` : "");
+      `${info.index.count} items · model ${model}` + (info.reranker ? ` · reranker ${rerankerName(info.reranker)}` : "");
+    // Without an instruction the server uses the M-BEIR one of the closest task: show it.
+    const defaults = info.default_instructions || {};
+    if (defaults.text) $("instruction").placeholder = `default for a text query: ${defaults.text} ("none" for none)`;
     // The same warning the CLI prints, e.g. for a model with random weights.
     const warnings = info.warnings || [];
     $("model-warning").textContent = warnings.map((w) => `Warning: ${w}`).join(" ");
@@ -93,6 +127,7 @@ function formatScore(value) {
 
 function renderResults(data) {
   const grid = $("results");
+  for (const img of grid.querySelectorAll("img[src^='blob:']")) URL.revokeObjectURL(img.src);
   grid.replaceChildren();
   for (const hit of data.results) {
     const card = document.createElement("article");
@@ -104,13 +139,20 @@ function renderResults(data) {
     if (hit.thumbnail_url) {
       const img = document.createElement("img");
       img.className = "thumb";
-      img.src = hit.thumbnail_url;
+      imageUrl(hit.thumbnail_url).then((src) => { img.src = src; });
       img.alt = hit.text || hit.id;
       img.loading = "lazy";
       const link = document.createElement("a");
       link.href = hit.image_url;
       link.target = "_blank";
       link.rel = "noopener";
+      if (apiKey) {
+        // The full image needs the key too: fetched, then shown from memory.
+        link.addEventListener("click", async (event) => {
+          event.preventDefault();
+          window.open(await imageUrl(hit.image_url), "_blank", "noopener");
+        });
+      }
       link.append(img);
       box.append(link);
     } else {
@@ -166,7 +208,7 @@ async function search(event) {
   setStatus("Searching…");
   const started = performance.now();
   try {
-    const response = await fetch("/search", { method: "POST", body: form });
+    const response = await apiFetch("/search", { method: "POST", body: form });
     const data = await response.json();
     if (!response.ok) {
       // The results on screen belong to an earlier query: do not leave them under the error.
