@@ -9,7 +9,7 @@ from ..qwen2vl.prompts import MAX_RETRIEVAL_TEXT_TOKENS, TrainingTextRule, raw_t
 from .data import Example
 
 TEXT_RULES = ("raw", "lamra")
-SIDES = ("query", "positive", "hard_negative")  # the batch's parts, in the order the loss takes them
+SIDES = ("query", "positive", "hard_negative", "distill")  # the batch's parts, in the order the loss takes them
 
 
 class RetrievalCollator:
@@ -38,6 +38,11 @@ class RetrievalCollator:
         }
         if examples and examples[0].hard_negative is not None:
             batch["hard_negative"] = self._side([(e.hard_negative, None) for e in examples])
+        if examples and examples[0].distill is not None:  # each query's k candidates, query after query
+            import torch
+
+            batch["distill"] = self._side([(item, None) for e in examples for item in e.distill[0]])
+            batch["teacher"] = torch.tensor([list(e.distill[1]) for e in examples], dtype=torch.float32)
         return batch
 
     def _side(self, items: list) -> list[dict]:

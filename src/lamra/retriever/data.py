@@ -31,6 +31,7 @@ class Example:
     positive: Item
     instruction: str | None = None
     hard_negative: Item | None = None
+    distill: tuple | None = None  # distillation: (the query's k candidates, their teacher logits)
 
 
 class PairDataset:

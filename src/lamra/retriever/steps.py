@@ -3,7 +3,9 @@
 Gradient caching (Gao et al., 2021) lets one GPU train with the paper's global batch: embed
 every chunk without a graph, compute the loss and its gradient with respect to the embeddings
 on the whole batch, then forward each chunk again with a graph and push those gradients
-through it. Same loss, same gradients as the plain path, memory of one chunk.
+through it. Same loss, same gradients as the plain path, memory of one chunk. With a "distill"
+side (each query's k candidates, :mod:`.distill`) the loss is InfoNCE plus the KL term, and the
+step returns its parts.
 """
 
 from __future__ import annotations
@@ -32,16 +34,34 @@ def _sides(batch: dict) -> list[list[dict]]:
     return [batch[side] for side in SIDES if side in batch]
 
 
-def plain_step(accelerator, model, batch: dict, *, temperature: float) -> torch.Tensor:
+def _loss(embeddings, batch: dict, *, temperature: float, distill_weight: float):
+    """InfoNCE; with a "distill" side, the dict of :func:`~.distill.distill_loss` (InfoNCE + KL)."""
+    if "distill" not in batch:
+        return info_nce(*embeddings, temperature=temperature)
+    from .distill import distill_loss
+
+    named = dict(zip([side for side in SIDES if side in batch], embeddings))
+    return distill_loss(named, batch["teacher"], weight=distill_weight, temperature=temperature)
+
+
+def _total(values) -> torch.Tensor:
+    return values["loss"] if isinstance(values, dict) else values
+
+
+def _detached(values):
+    return {name: v.detach() for name, v in values.items()} if isinstance(values, dict) else values.detach()
+
+
+def plain_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0):
     """Every side in one forward (one chunk each), one backward."""
     sides = _sides(batch)
     if any(len(chunks) != 1 for chunks in sides):
         raise ValueError("the plain step takes one chunk per side; set chunk_size for gradient caching")
     with accelerator.autocast():
         embeddings = model(*[chunks[0] for chunks in sides])
-    loss = info_nce(*embeddings, temperature=temperature)
-    accelerator.backward(loss)
-    return loss.detach()
+    values = _loss(embeddings, batch, temperature=temperature, distill_weight=distill_weight)
+    accelerator.backward(_total(values))
+    return _detached(values)
 
 
 class _RandomState:
@@ -57,7 +77,7 @@ class _RandomState:
             torch.cuda.set_rng_state(self.cuda)
 
 
-def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float) -> torch.Tensor:
+def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0):
     sides = _sides(batch)
     states, embeddings = [], []
     with torch.no_grad():
@@ -69,8 +89,8 @@ def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float) 
                     side.append(model(chunk)[0])
             embeddings.append(torch.cat(side))
     leaves = [e.detach().requires_grad_() for e in embeddings]
-    loss = info_nce(*leaves, temperature=temperature)
-    loss.backward()  # gradients of the loss with respect to the embeddings only
+    values = _loss(leaves, batch, temperature=temperature, distill_weight=distill_weight)
+    _total(values).backward()  # gradients of the loss with respect to the embeddings only
     work = [(side_index, chunk) for side_index, chunks in enumerate(sides) for chunk in chunks]
     offsets = [0] * len(sides)
     for number, ((side_index, chunk), state) in enumerate(zip(work, states)):
@@ -86,4 +106,4 @@ def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float) 
                 embedding = model(chunk)[0]
             accelerator.backward((embedding * gradient.to(embedding.dtype)).sum())
         after.restore()
-    return loss.detach()
+    return _detached(values)

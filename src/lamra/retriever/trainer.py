@@ -25,7 +25,7 @@ def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
         dataset=build_dataset(args),
         wrap=lambda backbone: EmbeddingModel(Retriever(backbone)),
         collator=lambda processor: RetrievalCollator(processor, text_rule=args.text_rule, chunk_size=args.chunk_size),
-        step=partial(step, temperature=args.temperature),
+        step=partial(step, temperature=args.temperature, distill_weight=args.distill_weight),
     )
 
 
@@ -34,8 +34,22 @@ def build_dataset(args: RetrieverTrainingArgs):
 
     if args.data_kind == "pairs":
         return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
-    return MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
-                             use_hard_negatives=args.use_hard_negatives)
+    dataset = MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
+                                use_hard_negatives=args.use_hard_negatives)
+    return distill_dataset(args, dataset) if args.distill else dataset
+
+
+def distill_dataset(args: RetrieverTrainingArgs, base):
+    """The scored queries of ``args.distill``, refused if another retriever (than ``args.model``)
+    or reranker (than ``args.distill_reranker``, when given) made the scores."""
+    from ..qwen2vl.backbone import _model_id
+    from .distill import DistillDataset
+
+    reranker = {"model": _model_id(args.distill_reranker)} if args.distill_reranker else None
+    return DistillDataset(base, args.distill, top_k=args.distill_top_k, retrieval_weight=args.distill_retrieval_weight,
+                          rerank_weight=args.distill_rerank_weight, temperature=args.distill_temperature,
+                          retriever={"model": _model_id(args.model), "adapter": None}, reranker=reranker,
+                          candidates=args.distill_weight > 0)
 
 
 def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:

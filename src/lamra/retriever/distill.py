@@ -1,0 +1,128 @@
+"""Distilling a reranker into the retriever: a KL term beside InfoNCE (U-MARVEL's last stage).
+
+The teacher is the fused score U-MARVEL distils (models/qwen2_vl_finetune_with_distillrerank.py
+and eval/rerank/get_mbeir_base_rerank_pointwise_score_local.py): ``S_ret + w * P(Yes)`` over the
+query's top-k, halved, then over the temperature (U-MARVEL divides teacher and student by the
+same temperature, 0.05 at the start). The student is the retriever's cosine of the query with
+the same k candidates over its temperature. The term is KL(teacher || student) per query,
+averaged over the queries (``F.kl_div(..., reduction="batchmean")`` in U-MARVEL); here with
+log-softmax on both sides instead of ``log(softmax + 1e-8)``. docs/training.md says which
+values U-MARVEL used and which differ.
+
+This module also gives training its examples: :class:`DistillDataset` (the scored queries of a
+teacher-scores file, each with its k candidates and their teacher logits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..training.args import DEFAULT_TEMPERATURE
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_logits(retrieval, rerank, *, retrieval_weight: float = 1.0, rerank_weight: float = 1.0,
+                   temperature: float = DEFAULT_TEMPERATURE):
+    """U-MARVEL's teacher: ``(retrieval_weight * S_ret + rerank_weight * P(Yes)) / 2 / temperature``."""
+    return (retrieval_weight * retrieval + rerank_weight * rerank) / 2 / temperature
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) || softmax(student)) per row (B, K), averaged over the rows."""
+    log_p = torch.log_softmax(teacher.float(), dim=-1)
+    log_q = torch.log_softmax(student.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temperature: float = DEFAULT_TEMPERATURE,
+                 gather: bool = True) -> dict:
+    """InfoNCE (as :func:`info_nce`) plus ``weight`` times the KL term; returns the three values.
+
+    ``embeddings``: unit vectors by side, "query" (B, D), "positive" (B, D), optional
+    "hard_negative" (B, D) and "distill" (B * K, D: query i's k candidates in rows i*K..i*K+K-1);
+    ``teacher``: (B, K) teacher logits. With ``gather`` and a process group, queries, candidates
+    and teacher logits of every rank join one global batch, as InfoNCE's do.
+    """
+    from .loss import info_nce
+
+    nce = info_nce(embeddings["query"], embeddings["positive"], embeddings.get("hard_negative"),
+                   temperature=temperature, gather=gather)
+    # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
+    queries, candidates = embeddings["query"], embeddings["distill"]
+    teacher = teacher.to(queries.device)
+    if gather:
+        from ..distributed import all_gather_with_grad
+
+        queries, candidates, teacher = (all_gather_with_grad(t) for t in (queries, candidates, teacher))
+    k = teacher.shape[1]
+    student = torch.einsum("bd,bkd->bk", queries.float(), candidates.float().view(queries.shape[0], k, -1))
+    kl = distill_kl(student / temperature, teacher)
+    return {"loss": nce + weight * kl, "info_nce": nce.detach(), "kl": kl.detach()}
+
+
+class DistillDataset:
+    """The scored queries of a teacher-scores file, each an :class:`Example` of ``base`` (an
+    :class:`~lamra.retriever.data.MBEIRTrainDataset`: positive, instruction, hard negative as
+    today) with ``distill``: its first ``top_k`` candidates and their teacher logits.
+
+    Every record is cut to the same k (the smallest list, at most ``top_k``) so a batch is one
+    (B, K) block. The file is refused if another retriever or reranker made it
+    (``retriever`` / ``reranker``: fingerprints to compare, see
+    :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
+    same examples without them: the same recipe without the KL term, at InfoNCE's cost.
+    """
+
+    def __init__(self, base, scores: str | os.PathLike, *, top_k: int = 50, retrieval_weight: float = 1.0,
+                 rerank_weight: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
+                 retriever: dict | None = None, reranker: dict | None = None, candidates: bool = True):
+        from ..data.mbeir import iter_candidates
+        from ..errors import InputError
+        from ..training.distill_data import check_teacher_models, read_teacher_scores
+        from .data import candidate_problems, mbeir_item, raise_problems
+
+        self.base, self.path, self.candidates = base, Path(scores), candidates
+        header, records = read_teacher_scores(self.path)
+        check_teacher_models(header, self.path, retriever=retriever, reranker=reranker)
+        row_of = {query.qid: row for row, query in enumerate(base.queries)}
+        for record in records:
+            if record.qid not in row_of:
+                raise InputError("a scored query that is not among the training queries", file=str(self.path),
+                                 line=record.line, item=record.qid, field="qid")
+        self.k = min(top_k, *(len(r.candidates) for r in records))
+        if self.k < 2:
+            raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",
+                             file=str(self.path), field="candidates")
+        if self.k < top_k:
+            logger.warning("%s: distilling over the top %d (the shortest list), not %d", self.path, self.k, top_k)
+        self.rows = [row_of[r.qid] for r in records]
+        self.records = records
+        needed = {did for r in records for did, _, _ in r.candidates[: self.k]}
+        pool = {c.did: c for c in iter_candidates(base.pool_file) if c.did in needed}
+        missing = [(r, did) for r in records for did, _, _ in r.candidates[: self.k] if did not in pool]
+        if missing:
+            record, did = missing[0]
+            raise InputError(f"candidate {did!r} is not in {base.pool_file} ({len(missing)} missing)",
+                             file=str(self.path), line=record.line, item=record.qid, field="candidates")
+        raise_problems(candidate_problems(pool.values(), base.pool_file, base.root), "the distilled candidates")
+        self._items = {did: mbeir_item(base.root, did, c.text, c.image) for did, c in pool.items()}
+        self._teacher = [tuple(float(v) for v in teacher_logits(
+            torch.tensor([ret for _, ret, _ in r.candidates[: self.k]]),
+            torch.tensor([p for _, _, p in r.candidates[: self.k]]),
+            retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature))
+            for r in records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def example(self, index: int, epoch: int = 0):
+        record = self.records[index]
+        if not self.candidates:
+            return self.base.example(self.rows[index], epoch)
+        candidates = tuple(self._items[did] for did, _, _ in record.candidates[: self.k])
+        return replace(self.base.example(self.rows[index], epoch), distill=(candidates, self._teacher[index]))

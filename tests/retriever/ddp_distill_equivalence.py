@@ -1,0 +1,51 @@
+"""Run under torchrun: one distillation step's loss (InfoNCE + KL) and LoRA gradients, saved by rank 0.
+
+python -m torch.distributed.run --nproc-per-node N ddp_distill_equivalence.py CHECKPOINT OUT [--chunk-size K]
+Every process takes its contiguous share of the same global batch of 4 text queries, each with
+its positive and 3 candidates with teacher logits.
+"""
+
+import sys
+
+import torch
+
+
+def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
+    from accelerate import Accelerator
+
+    from lamra import Item, Retriever
+    from lamra.retriever.collator import RetrievalCollator
+    from lamra.retriever.data import Example
+    from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    accelerator = Accelerator(cpu=True)
+    retriever = Retriever.from_pretrained(checkpoint, device="cpu")
+    torch.manual_seed(0)
+    retriever.backbone.add_lora(r=4, alpha=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in retriever.backbone.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    retriever.backbone.train()
+    colours = ["red", "green", "blue", "yellow"]
+    examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i),
+                        distill=(tuple(Item(text=f"{c} candidate {j}") for j in range(3)),
+                                 (float(3 * i), float(5 - i), float(i * i))))
+                for i, c in enumerate(colours)]
+    share = len(examples) // accelerator.num_processes
+    mine = examples[accelerator.process_index * share : (accelerator.process_index + 1) * share]
+    batch = RetrievalCollator(retriever.processor, text_rule="raw", chunk_size=chunk_size)(mine)
+    model = accelerator.prepare(EmbeddingModel(retriever))
+    step = gradient_cache_step if chunk_size else plain_step
+    values = step(accelerator, model, batch, temperature=0.05, distill_weight=1.0)
+    grads = {n: p.grad.detach().clone() for n, p in retriever.backbone.model.named_parameters() if p.requires_grad}
+    if accelerator.is_main_process:
+        torch.save({"values": {k: float(v) for k, v in values.items()}, "grads": grads,
+                    "world": accelerator.num_processes}, out)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    chunk = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--chunk-size" else None
+    main(sys.argv[1], sys.argv[2], chunk)

@@ -1,0 +1,97 @@
+"""Slow: on the synthetic mini M-BEIR, does a retriever distilled from a teacher beat the same
+retriever trained without the KL term, on held-out (test) queries? Measured: not yet (below).
+
+As in U-MARVEL, distillation continues a trained retriever: a tiny model is first trained with
+InfoNCE alone (``WARM_STEPS``), mines its top ``K``, and both runs continue from it for the
+same steps on the same examples, one with the KL term and one with weight 0.
+
+The teacher stands in for a reranker: its P(Yes) is the share of the four attributes (shape,
+colour, texture, exhibit number) a candidate's concept has in common with the query's target
+concept, read from the data's ``src_content`` (graded relevance, which a real reranker gives and
+InfoNCE's one-hot positives do not). It goes through the real pipeline: ``mine`` -> ``score_teacher``
+(the stand-in in the reranker's place) -> ``train_retriever`` with ``distill`` -> ``evaluate_mbeir``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lamra import Retriever
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SETTINGS = {"max_pixels": 112 * 112, "min_pixels": 112 * 112}
+K = 8
+WARM_STEPS = 150
+STEPS = 200
+TEACHER_TEMPERATURE = 0.05  # U-MARVEL's
+# Points of mean Recall@1 (percent, over the 16 test tasks) the distilled retriever must gain over
+# the same recipe with distill_weight 0 (same queries, same steps, same seed).
+MARGIN = 2.0
+# Measured on the 2-core CPU (mean over the 16 test tasks, R@1 / R@5, distilled vs no KL):
+# - this design: 7.2 / 31.3 vs 12.5 / 40.0; with TEACHER_TEMPERATURE 0.5: 8.4 / 34.4 vs 12.5 / 40.0;
+#   with STEPS 120: 7.2 / 29.1 vs 5.3 / 27.8 (+1.9 R@1, below the margin);
+# - distilling from the untrained model instead (its top 5, 200 steps of 16): R@5 30.0 vs 30.9.
+# The KL term does not beat InfoNCE alone here: the claim is open, so the test is a strict xfail
+# (it fails the day distillation starts winning, to be turned into a plain assertion).
+MISSED = "distillation does not beat the no-KL recipe on the synthetic data yet (docs/training.md)"
+
+
+class ConceptTeacher:
+    """A reranker stand-in: P(Yes) = attributes shared by the query's target and the candidate."""
+
+    def __init__(self, root):
+        self.concepts = {}
+        for path in list((root / "query" / "union_train").glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                src = json.loads(record["query_src_content"])
+                self.concepts[record["qid"]] = src.get("target") or src["concept"]
+        for line in (root / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            self.concepts[record["did"]] = json.loads(record["src_content"])["concept"]
+
+    def fingerprint(self) -> dict:
+        return {"model": "concept-teacher", "adapter": None}
+
+    def score(self, query, candidates, instruction=None, *, batch_size=None):
+        target = self.concepts[query.id].split("_")
+        return np.array([np.mean([a == b for a, b in zip(target, self.concepts[c.id].split("_"))])
+                         for c in candidates], dtype=np.float32)
+
+
+@pytest.mark.xfail(strict=True, reason=MISSED)
+def test_distillation_beats_the_same_recipe_without_the_kl_term(tmp_path, small_tokenizer):
+    from lamra.data.synthetic import SynthConfig, synthesize
+    from lamra.demo.tiny import save_tiny_checkpoint
+    from lamra.evaluation.mbeir import evaluate_mbeir
+    from lamra.reranker.mining import mine
+    from lamra.reranker.teacher_scores import score_teacher
+    from lamra.retriever.trainer import train_retriever
+    from lamra.training.args import load_args
+
+    data = tmp_path / "mb"
+    synthesize(data, SynthConfig(test_queries=20, train_queries=20, pool_size=40))
+    untrained = save_tiny_checkpoint(tmp_path / "base", tokenizer=small_tokenizer, hidden_size=64, vision_width=64)
+    common = dict(data=str(data), data_kind="mbeir", full=True, train_vision=True, settings=SETTINGS,
+                  global_batch_size=16, learning_rate=1e-3, show_progress=False, save_steps=10_000)
+    base = train_retriever(load_args(None, model=str(untrained), output_dir=str(tmp_path / "warm"),
+                                     max_steps=WARM_STEPS, **common))
+    mine(Retriever.from_pretrained(base, device="cpu"), data, tmp_path / "mined.jsonl", k=K, show_progress=False)
+    scores = tmp_path / "scores.jsonl"
+    score_teacher(ConceptTeacher(data), data, tmp_path / "mined.jsonl", scores, k=K, show_progress=False)
+    recall = {}
+    for name, weight in (("distilled", 1.0), ("no-kl", 0.0)):
+        args = load_args(None, model=str(base), output_dir=str(tmp_path / name), distill=str(scores),
+                         distill_weight=weight, distill_top_k=K, distill_temperature=TEACHER_TEMPERATURE,
+                         max_steps=STEPS, **common)
+        trained = train_retriever(args)
+        results = evaluate_mbeir(data, Retriever.from_pretrained(trained, device="cpu"), tmp_path / f"eval-{name}",
+                                 show_progress=False)
+        recall[name] = {metric: float(np.mean([row.metrics[metric] for row in results.results]))
+                        for metric in ("Recall@1", "Recall@5")}
+    print(recall)
+    assert recall["distilled"]["Recall@1"] >= recall["no-kl"]["Recall@1"] + MARGIN, recall

@@ -1,0 +1,196 @@
+"""Distillation in the training step: gradient caching gives the plain path's loss and gradients
+with the KL term on; the collator lays each query's candidates out query after query."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lamra import Item, Retriever
+from lamra.retriever.collator import RetrievalCollator
+from lamra.retriever.data import Example
+
+
+def lora_retriever(checkpoint, *, seed=0):
+    """The tiny model with a LoRA whose B matrices are non-zero (as after some training)."""
+    retriever = Retriever.from_pretrained(checkpoint, device="cpu")
+    torch.manual_seed(seed)
+    retriever.backbone.add_lora(r=4, alpha=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in retriever.backbone.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return retriever
+
+
+def distill_examples(image_files):
+    candidates = [Item(text="a red circle on white"), Item(images=[image_files[1]]), Item(text="green things"),
+                  Item(text="a yellow disc", images=[image_files[3]]), Item(text="nothing at all")]
+    queries = [(Item(text="a red circle"), Item(images=[image_files[0]]), "Find me an everyday image."),
+               (Item(images=[image_files[1]]), Item(text="a green ellipse"), "Find a caption."),
+               (Item(text="yellow"), Item(text="the yellow one"), None)]
+    teacher = [(12.0, 3.0, -4.0), (0.5, 9.0, 1.0), (-2.0, 2.0, 15.0)]
+    return [Example(query, positive, instruction,
+                    distill=(tuple(candidates[n : n + 3]), teacher[n]))
+            for n, (query, positive, instruction) in enumerate(queries)]
+
+
+def grads_of(retriever):
+    return {n: p.grad.clone() for n, p in retriever.backbone.model.named_parameters() if p.requires_grad}
+
+
+def test_collator_lays_out_each_querys_candidates_and_teacher(tiny_retriever, image_files):
+    examples = distill_examples(image_files)
+    batch = RetrievalCollator(tiny_retriever.processor, chunk_size=4)(examples)
+    assert sum(chunk["input_ids"].shape[0] for chunk in batch["distill"]) == 9  # 3 queries x 3 candidates
+    assert batch["teacher"].shape == (3, 3)
+    assert batch["teacher"][2].tolist() == [-2.0, 2.0, 15.0]
+
+
+def test_gradient_cache_gives_the_plain_loss_and_gradients_with_the_kl_term(tiny_checkpoint, image_files):
+    from accelerate import Accelerator
+
+    from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    accelerator = Accelerator(cpu=True)
+    results = []
+    for chunk_size in (None, 2):
+        retriever = lora_retriever(tiny_checkpoint)
+        retriever.backbone.train()
+        batch = RetrievalCollator(retriever.processor, chunk_size=chunk_size)(distill_examples(image_files))
+        step = gradient_cache_step if chunk_size else plain_step
+        values = step(accelerator, EmbeddingModel(retriever), batch, temperature=0.05, distill_weight=1.0)
+        results.append(({name: float(v) for name, v in values.items()}, grads_of(retriever)))
+    (plain, plain_grads), (cached, cached_grads) = results
+    assert plain["kl"] > 0.01  # the term is on and not trivially zero
+    for name in ("loss", "info_nce", "kl"):
+        assert cached[name] == pytest.approx(plain[name], abs=1e-5), name
+    assert any(g.abs().max() > 1e-3 for g in plain_grads.values())
+    for name, gradient in plain_grads.items():
+        torch.testing.assert_close(cached_grads[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# -- the training data: the scored queries, refused when another model made the scores -----------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from lamra.data.synthetic import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("distill-data") / "mb"
+    synthesize(root, SynthConfig(test_queries=0, train_queries=1, pool_size=0, train_negatives=3))
+    return root
+
+
+def scores_file(path, root, retriever: dict, reranker: dict, *, queries: int = 3):
+    import json
+
+    lines = [json.loads(line) for line in (root / "query" / "union_train" / "mbeir_union_up_train.jsonl")
+             .read_text().splitlines()][:queries]
+    header = {"format": "lamra-teacher-scores-1", "retriever": retriever, "reranker": reranker}
+    records = [{"qid": q["qid"], "task": "t", "positives": q["pos_cand_list"],
+                "candidates": [[d, 0.8 - 0.1 * n, 0.3 * n] for n, d in enumerate(q["pos_cand_list"][:1]
+                                                                                 + q["neg_cand_list"][:3])]}
+               for q in lines]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [header, *records]))
+    return path
+
+
+def distill_args(tmp_path, root, model, scores, **extra):
+    from lamra.training.args import load_args
+
+    return load_args(None, model=str(model), data=str(root), data_kind="mbeir", distill=str(scores),
+                     output_dir=str(tmp_path / "out"), distill_top_k=3, **extra)
+
+
+def test_the_scored_queries_come_with_their_candidates_and_teacher_logits(tmp_path, synthetic, tiny_checkpoint):
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.trainer import build_dataset
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"})
+    dataset = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores))
+    assert len(dataset) == 3 and dataset.k == 3
+    example = dataset.example(1)
+    candidates, teacher = example.distill
+    assert [c.id for c in candidates] == [did for did, _, _ in dataset.records[1].candidates[:3]]
+    assert teacher == pytest.approx([(0.8 + 0.0) / 2 / 0.05, (0.7 + 0.3) / 2 / 0.05, (0.6 + 0.6) / 2 / 0.05])
+    assert example.query.id == dataset.records[1].qid
+    no_kl = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_weight=0.0))
+    assert no_kl.example(1).distill is None and no_kl.example(1).positive == example.positive  # same draw
+
+
+def test_scores_of_another_retriever_or_reranker_are_refused_before_training(tmp_path, synthetic, tiny_checkpoint):
+    from lamra.errors import InputError
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.trainer import build_dataset
+
+    ours = {"model": _model_id(str(tiny_checkpoint)), "adapter": None}
+    other = scores_file(tmp_path / "other.jsonl", synthetic, {"model": "another-retriever@123", "adapter": None},
+                        {"model": "rank@1"})
+    with pytest.raises(InputError, match="another retriever.*another-retriever@123") as error:
+        build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, other))
+    assert error.value.file == str(other) and error.value.field == "retriever"
+    ours_file = scores_file(tmp_path / "ours.jsonl", synthetic, ours, {"model": "rank@1", "adapter": None})
+    with pytest.raises(InputError, match="another reranker.*rank@1") as error:
+        build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, ours_file,
+                                   distill_reranker=str(tiny_checkpoint)))
+    assert error.value.field == "reranker"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_two_processes_give_the_distillation_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size):
+    """torchrun, gloo, CPU: queries, candidates and teacher logits gathered over 2 ranks equal 1 rank."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_distill_equivalence.py")
+    results = []
+    for processes in (1, 2):
+        out = tmp_path / f"ddp{processes}.pt"
+        extra = ["--chunk-size", str(chunk_size)] if chunk_size else []
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                              "--master-port", str(29620 + processes + (10 if chunk_size else 0)), str(script),
+                              str(tiny_checkpoint), str(out), *extra],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results.append(torch.load(out))
+    one, two = results
+    assert two["world"] == 2 and one["values"]["kl"] > 0.01
+    for name in ("loss", "info_nce", "kl"):
+        assert two["values"][name] == pytest.approx(one["values"][name], abs=1e-5), name
+    for name, gradient in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_train_with_scores_of_another_retriever_exits_2_in_one_line(tmp_path, synthetic, tiny_checkpoint, capsys):
+    from lamra.cli import main
+
+    other = scores_file(tmp_path / "other.jsonl", synthetic, {"model": "another-retriever@123", "adapter": None}, {})
+    code = main(["train", "retriever", "--model", str(tiny_checkpoint), "--data", str(synthetic),
+                 "--distill", str(other), "--output-dir", str(tmp_path / "out"), "--set", "data_kind=mbeir",
+                 "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error:") and "another retriever" in error and "other.jsonl" in error
+    assert "Traceback" not in error and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_resuming_with_another_scores_file_or_weight_is_refused(tmp_path):
+    import json
+
+    from lamra.errors import InputError
+    from lamra.training.args import load_args
+    from lamra.training.checkpoints import STATE_FILE, check_resumable
+
+    args = load_args(None, model="m", data="d", data_kind="mbeir", distill="scores.jsonl", distill_weight=1.0)
+    step = tmp_path / "step-10"
+    step.mkdir()
+    (step / STATE_FILE).write_text(json.dumps({"step": 10, "args": args.to_dict()}))
+    assert check_resumable(tmp_path, args.to_dict())["step"] == 10
+    for change in ({"distill_weight": 0.0}, {"distill": "other.jsonl"}, {"distill_top_k": 10}):
+        with pytest.raises(InputError, match=next(iter(change))):
+            check_resumable(tmp_path, {**args.to_dict(), **change})
