@@ -93,3 +93,40 @@ def test_a_bad_file_is_named_before_any_model_loads(tmp_path, capsys):
     assert "val.story-in-sequence.json (item 'entry 6') field 'photo_flickr_id': [vist]" in err
     assert main(["eval", "zeroshot", str(tmp_path), "--set", "nope", "--baseline", "random"]) == 2
     assert "unknown set 'nope'" in plain(capsys.readouterr().err)
+
+
+def test_urban1k_images_are_embedded_at_qwen_vl_utils_default_cap(tmp_path, tiny_retriever, monkeypatch):
+    """Urban-1K alone goes through eval_collator_default_resolution.py (max 16384 * 28 * 28 pixels):
+    a 1200 x 900 picture keeps its size there and is shrunk to LamRA's 300 * 28 * 28 elsewhere."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from lamra.evaluation.zeroshot_sets.run import evaluate_zeroshot_sets
+
+    layout.urban1k(tmp_path)
+    layout.sharegpt4v(tmp_path)
+    for path in (tmp_path / "Urban1k" / "image" / "1.jpg", tmp_path / "sharegpt4v" / "val_data" / "sa_1.jpg"):
+        Image.new("RGB", (1200, 900), "orange").save(path)
+    image_tokens = {}
+    original = PromptEncoder.encode
+
+    def spy(self, items, *args, **options):
+        for item in items:
+            if item.id == "images:0":
+                prompt = self.prompt_input(item)
+                image_tokens[self.processor.settings.max_pixels] = prompt.input_ids.count(
+                    self.processor.image_token_id)
+        return original(self, items, *args, **options)
+
+    monkeypatch.setattr(PromptEncoder, "encode", spy)
+    evaluate_zeroshot_sets(tmp_path, ["urban1k", "sharegpt4v"], lambda: tiny_retriever, tmp_path / "out",
+                           show_progress=False)
+    processor = tiny_retriever.processor.image_processor
+    factor = processor.patch_size * processor.merge_size
+
+    def tokens(max_pixels):
+        height, width = smart_resize(900, 1200, factor=factor, min_pixels=4 * 28 * 28, max_pixels=max_pixels)
+        return (height // processor.patch_size) * (width // processor.patch_size) // processor.merge_size**2
+
+    assert image_tokens == {16384 * 28 * 28: tokens(16384 * 28 * 28), 300 * 28 * 28: tokens(300 * 28 * 28)}
+    assert tokens(16384 * 28 * 28) > tokens(300 * 28 * 28)

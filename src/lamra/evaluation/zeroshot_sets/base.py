@@ -60,13 +60,16 @@ class Task:
 @dataclass
 class ZeroShotSet:
     """A set as read: its sides, its tasks; ``mean``: the label of the mean of the tasks' first
-    metric when the set has several subsets (ours: the official code reports them one by one)."""
+    metric when the set has several subsets (ours: the official code reports them one by one).
+    ``max_pixels``: the image cap its retrieval side is embedded at, where the official run used
+    another collator than LamRA's 300 * 28 * 28 (None: the model's own setting)."""
 
     name: str
     sides: dict[str, Side]
     tasks: list[Task]
     mean: str | None = None
     notes: list[str] = field(default_factory=list)
+    max_pixels: int | None = None
 
 
 def fail(reason: str, path: Path, *, line: int | None = None, item: str | None = None,

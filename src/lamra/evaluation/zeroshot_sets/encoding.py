@@ -27,48 +27,38 @@ class PromptEncoder:
     """A retriever that embeds each item's parts as rendered by :func:`.prompts.retrieval_text`
     (the evaluation's encoder protocol: ``encode`` and ``fingerprint``)."""
 
-    def __init__(self, retriever):
+    def __init__(self, retriever, processor=None):
         self.retriever = retriever
+        self.processor = processor or retriever.processor
 
     def fingerprint(self) -> dict:
-        return {**self.retriever.fingerprint(), "prompt_format": ZEROSHOT_PROMPTS_VERSION}
+        return {**self.retriever.fingerprint(), "prompt_format": ZEROSHOT_PROMPTS_VERSION,
+                "max_pixels": self.processor.settings.max_pixels}
+
+    def at_max_pixels(self, max_pixels: int) -> "PromptEncoder":
+        """The same model reading images at another cap (Urban-1K's official collator)."""
+        import copy
+
+        from ...qwen2vl.processor import LamraProcessor
+
+        image_processor = copy.deepcopy(self.processor.image_processor)
+        image_processor.size["longest_edge"] = max_pixels
+        settings = self.processor.settings.with_overrides(max_pixels=max_pixels)
+        return PromptEncoder(self.retriever, LamraProcessor(self.processor.tokenizer, image_processor, settings))
 
     def prompt_input(self, item: Any):
         item = as_item(item)
         text = retrieval_text(item.parts, cut_at_emb=True)
-        return self.retriever.processor.tokenize(text, item.images, item.videos, item_id=item.id)
+        return self.processor.tokenize(text, item.images, item.videos, item_id=item.id)
 
     def encode(self, items: Sequence[Any], instruction=None, *, batch_size: int = 64,
                max_batch_tokens: int | str | None = "auto", show_progress: bool = False, **options) -> np.ndarray:
-        import torch
-
-        from ...progress import progress_bar
-        from ...qwen2vl.batching import plan_batches, prefetch
-        from ...retriever.model import AUTO_MAX_BATCH_TOKENS
-
         if instruction is not None and any(i is not None for i in ([instruction] if isinstance(instruction, str)
                                                                      else instruction)):
             raise ValueError("the zero-shot prompts carry their instructions in the parts")
-        retriever = self.retriever
-        prepared = [self.prompt_input(item) for item in items]
-        if max_batch_tokens == "auto":
-            device = retriever.backbone.device.type
-            max_batch_tokens = AUTO_MAX_BATCH_TOKENS.get(device, AUTO_MAX_BATCH_TOKENS["cuda"])
-        out = torch.empty((len(prepared), retriever.dim), dtype=torch.float32)
-        batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
-                               max_batch_tokens=max_batch_tokens, sort_by_length=True)
-        collate = retriever.processor.collate
-        was_training = retriever.backbone.model.training
-        retriever.backbone.eval()
-        try:
-            with progress_bar(len(prepared), "encoding", enabled=show_progress and len(prepared) > 0) as bar:
-                for rows, inputs in prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches):
-                    with torch.inference_mode():
-                        out[rows] = retriever.embed(inputs).cpu()
-                    bar.advance(len(rows))
-        finally:
-            retriever.backbone.train(was_training)
-        return out.numpy()
+        return self.retriever.encode_prepared([self.prompt_input(item) for item in items], processor=self.processor,
+                                              batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                              show_progress=show_progress)
 
 
 def score_pairs(reranker, query: Sequence, candidates: Sequence[Sequence], *,
@@ -84,8 +74,8 @@ def score_pairs(reranker, query: Sequence, candidates: Sequence[Sequence], *,
     prompts = []
     for parts in candidates:
         images, videos = media(parts)
-        prompts.append(tokenize(reranker.backbone, rerank_text(query, parts), query_images + images,
-                                query_videos + videos))
+        text = rerank_text(query, parts, instructions=reranker.settings.rerank_instructions)
+        prompts.append(tokenize(reranker.backbone, text, query_images + images, query_videos + videos))
     token_ids = [reranker.yes_id, reranker.no_id]
     logits = shared_prefix_answer_logits(reranker.backbone, prompts, token_ids, prefix_images=len(query_images),
                                          batch_size=batch_size or reranker.batch_size)

@@ -12,13 +12,15 @@ from .prompts import (
     SUMMARIZE_IMAGE_TEXT,
     SUMMARIZE_TEXT,
     URBAN_IMAGE_CAPTION,
+    URBAN_MAX_PIXELS,
 )
 
 RECALLS = ("R@1", "R@5", "R@10")
 
 
 def _paired_set(name: str, images: list[Path], captions: list[str], image_of_caption: list[int], *,
-                image_instruction: str, image_source: Path, caption_source: Path) -> ZeroShotSet:
+                image_instruction: str, image_source: Path, caption_source: Path,
+                max_pixels: int | None = None) -> ZeroShotSet:
     image_side = Side("images", [Entry(str(i), (path, image_instruction, SUMMARIZE_IMAGE_TEXT))
                                  for i, path in enumerate(images)], image_source)
     text_side = Side("texts", [Entry(str(j), (f"{caption}{SUMMARIZE_TEXT}",)) for j, caption in enumerate(captions)],
@@ -32,7 +34,7 @@ def _paired_set(name: str, images: list[Path], captions: list[str], image_of_cap
     i2t = Task("i2t", "images", "texts", RECALLS, captions_of_image,
                rerank_queries=[(path, IMAGE_CAPTION) for path in images],
                rerank_candidates=[(caption,) for caption in captions])
-    return ZeroShotSet(name, {"images": image_side, "texts": text_side}, [t2i, i2t])
+    return ZeroShotSet(name, {"images": image_side, "texts": text_side}, [t2i, i2t], max_pixels=max_pixels)
 
 
 def read_sharegpt4v(root: Path) -> ZeroShotSet:
@@ -59,7 +61,8 @@ def urban1k_folder(root: Path) -> Path:
 
 
 def read_urban1k(root: Path) -> ZeroShotSet:
-    """Urban1k/caption/{i}.txt (first line, stripped) and Urban1k/image/{i}.jpg, i = 1..N (1000)."""
+    """Urban1k/caption/{i}.txt (first line, stripped) and Urban1k/image/{i}.jpg, i = 1..N (1000);
+    images embedded at qwen_vl_utils' default cap, as the official run did."""
     folder = urban1k_folder(root)
     caption_dir = folder / "caption"
     if not caption_dir.is_dir():
@@ -78,7 +81,7 @@ def read_urban1k(root: Path) -> ZeroShotSet:
                                 field="image"))
     return _paired_set("urban1k", images, captions, list(range(len(images))),
                        image_instruction=URBAN_IMAGE_CAPTION, image_source=caption_dir / "1.txt",
-                       caption_source=caption_dir / "1.txt")
+                       caption_source=caption_dir / "1.txt", max_pixels=URBAN_MAX_PIXELS)
 
 
 def read_flickr(root: Path) -> ZeroShotSet:

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Sequence
 
 from ...items import is_video
-from ...qwen2vl.prompts import EMB_ANSWER, EMB_TOKEN, POINTWISE_INSTRUCTION, render_chat
 from ...qwen2vl.prompts import (  # noqa: F401  (re-exported: the readers take every string from here)
+    EMB_ANSWER,
+    EMB_TOKEN,
+    POINTWISE_INSTRUCTIONS,
     SUMMARIZE_IMAGE,
     SUMMARIZE_IMAGE_TEXT,
     SUMMARIZE_MULTI,
     SUMMARIZE_TEXT,
     SUMMARIZE_VIDEO,
+    render_chat,
 )
 
 # Bump when a string below or the way parts render changes: cached embeddings and rerank scores
@@ -39,6 +42,10 @@ VIST = ("I will provide you with a series of images and captions from a story, a
 VISDIAL = "Find me an everyday image that matches the given dialog."
 FASHION = "Find me a similar fashion image based on the following multi-round modifications."
 VIDEO_CAPTION = "Find an everyday video match with caption."
+
+# Urban-1K alone is embedded through eval_collator_default_resolution.py: qwen_vl_utils' own image
+# cap (MAX_PIXELS = 16384 * 28 * 28), not LamRA's 300 * 28 * 28. Its reranking uses the usual cap.
+URBAN_MAX_PIXELS = 16384 * 28 * 28
 
 # -- zero-shot reranking (eval/eval_zeroshot_rerank.py, dataset/datasets_*.py Rerank classes) ---
 CAPTION_IMAGE = "Find me an everyday image that matches the given caption."  # t->i rerank only
@@ -81,9 +88,10 @@ def retrieval_text(parts: Sequence, *, cut_at_emb: bool = False) -> str:
     return text[: text.index(EMB_TOKEN)] if cut_at_emb else text
 
 
-def rerank_text(query: Sequence, candidate: Sequence) -> str:
-    """The chat text LamRA-Rank reads for one pair (one user turn, generation prompt)."""
-    parts = [POINTWISE_INSTRUCTION, RERANK_QUERY, *query, RERANK_CANDIDATE, *candidate]
+def rerank_text(query: Sequence, candidate: Sequence, *, instructions: str = "spaced") -> str:
+    """The chat text LamRA-Rank reads for one pair (one user turn, generation prompt);
+    ``instructions``: the reranker's rule set's strings (docs/format.md#rule-sets)."""
+    parts = [POINTWISE_INSTRUCTIONS[instructions], RERANK_QUERY, *query, RERANK_CANDIDATE, *candidate]
     return render_chat([{"role": "user", "content": content(parts)}])
 
 

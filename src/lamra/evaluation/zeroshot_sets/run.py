@@ -95,6 +95,8 @@ def encoder_for(model) -> Any:
 def embed_sides(dataset: ZeroShotSet, encoder, cache: EmbeddingCache) -> dict[str, np.ndarray]:
     """Every side's vectors in entry order (from the cache when the key matches)."""
     vectors = {}
+    if dataset.max_pixels is not None and hasattr(encoder, "at_max_pixels"):
+        encoder = encoder.at_max_pixels(dataset.max_pixels)
     for side in dataset.sides.values():
         # Ids unique across sides (a baseline derives vectors from them); the position after the colon.
         items = [entry_item(entry.parts, f"{side.name}:{position}") for position, entry in enumerate(side.entries)]
