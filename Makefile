@@ -46,11 +46,12 @@ test: $(STAMP) chromium data-packages
 test-slow: $(STAMP) data-packages
 	$(PY) -m pytest -q -m slow
 
-# The first run trains lamra's default model (about 10 minutes on 2 CPU cores) and caches it.
+# The first run trains lamra's default model (230-270 s on an idle 2-core machine, several times that on
+# a busy one; docs/demo-model.md) and caches it.
 demo: $(STAMP) data-packages
 	$(PY) -m lamra.demo
 
-# Trains the demo reranker once (about 20 minutes on 2 CPU cores: SmolLM2-135M-Instruct with a
+# Trains the demo reranker once (about 20 minutes on an idle 2-core machine: SmolLM2-135M-Instruct with a
 # LoRA, for the text task; the default model first if needed), then runs the demo with it; later
 # `make demo` runs use it from the cache.
 demo-rerank: $(STAMP) data-packages

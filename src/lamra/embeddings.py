@@ -6,6 +6,7 @@ never leaves a half-written file that looks complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -45,6 +46,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # a plain file's mode (0644 typically), not mkstemp's 0600
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -54,6 +56,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once (once per process)
+    os.umask(mask)
+    return mask
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Each module defines register(app). Keep this list in sync with the files in this folder.
-_COMMAND_MODULES = ["embed", "index", "data", "evaluate", "serve", "train", "mine"]
+_COMMAND_MODULES = ["embed", "index", "data", "evaluate", "serve", "parity", "train", "mine", "distill", "models"]
 
 
 def _register_commands() -> None:

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..evaluation import RETRIEVAL_TOP_K
 from ..pipeline import RERANK_TOP_K
 from .models import resolve_model
-from .options import LORA, RERANK_LORA, ModelOptions, model_options, rerank_options_without_rerank
+from .options import LORA, MILVUS_TOKEN, RERANK_LORA, ModelOptions, model_options, rerank_options_without_rerank
 
 eval_app = typer.Typer(help="Evaluate a retriever: M-BEIR (local / global pools) or a zero-shot folder.",
                        no_args_is_help=True)
@@ -85,6 +85,14 @@ def mbeir(
                                                                  "embeddings (default ./lamra-eval/mbeir-POOL)."),
     cache_dir: Optional[Path] = CACHE_DIR,
     index_dtype: str = INDEX_DTYPE,
+    backend: str = typer.Option("flat", "--backend", help="Where the candidate pools are indexed: flat (exact, in "
+                                                          "the cache folder) or milvus (a Milvus database: for the "
+                                                          "5.6M global pool; FLAT exact unless --milvus-index)."),
+    milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="milvus: a server / cluster "
+                                             "(http://host:19530); default: an embedded database per pool."),
+    milvus_token: Optional[str] = MILVUS_TOKEN,
+    milvus_index: Optional[str] = typer.Option(None, "--milvus-index", help="milvus: index type (default FLAT, "
+                                               "exact like the paper's evaluation; IVF_FLAT / HNSW approximate)."),
     batch_size: Optional[int] = BATCH_SIZE,
     shard_size: int = typer.Option(1024, help="Items per checkpointed shard of an encoding: an interrupted run "
                                               "resumes from its last shard; under torchrun the shards are shared "
@@ -141,7 +149,7 @@ def mbeir(
         def load_rerank_model():
             # Its own folder's settings, with the options given (positions do not apply: M-RoPE).
             return load_reranker(rerank, lora=rerank_lora, device=model_options.device, dtype=model_options.dtype,
-                                 settings=model_options.reranker_settings(rerank), quiet=quiet)
+                                 settings=model_options.reranker_settings(rerank, rerank_lora), quiet=quiet)
 
         reranking = Reranking(load_rerank_model, top_k=rerank_top_k, alpha=alpha,
                               mode=LISTWISE if listwise else POINTWISE, batch_size=rerank_batch_size)
@@ -150,7 +158,7 @@ def mbeir(
     if reranking is None or model is not None or baseline is not None:
         if model is None and baseline is None:  # lamra's default model (it says so)
             model, lora = resolve_model(None, lora)
-        settings = model_options.settings(model)
+        settings = model_options.settings(model, lora)
         if reranking:
             check_sources(rerank, rerank_lora)  # a wrong --rerank fails before the retrieval runs
         encoder = partial(_encoder, model, lora, baseline, model_options.device, model_options.dtype,
@@ -165,7 +173,8 @@ def mbeir(
             root, out, encoder=encoder, rerank=reranking, tasks=names, pool=pool, split=split,
             instructions=instructions, seed=seed, show_progress=not quiet, started=started,
             announce=lambda message: console.print(message, style="dim"), top_k=top_k, cache_dir=cache_dir,
-            index_dtype=index_dtype, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size)
+            index_dtype=index_dtype, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size,
+            pool_backend=_pool_backend(backend, milvus_uri, milvus_token, milvus_index))
     except StoredEvaluationError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
     results = outcome.retrieval
@@ -219,29 +228,72 @@ def _print_reranked(outcome, out: Path, *, top_k: int, alpha) -> None:
 
 
 @eval_app.command("zeroshot")
-@model_options()
+@model_options(rerank_scores=True)
 def zeroshot(
-    data: Path = typer.Argument(..., help="Folder with queries.jsonl, candidates.jsonl and qrels.txt "
+    data: Path = typer.Argument(..., help="With --set: the LamRA_Eval data root (the official scripts' ./data). "
+                                          "Without: a folder with queries.jsonl, candidates.jsonl and qrels.txt "
                                           "(see docs/mbeir.md)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", "-s",
+                                             help="The paper's zero-shot sets, read as LamRA_Eval ships them and "
+                                                  "scored as the official code does: comma-separated or repeated "
+                                                  "names, or 'all' (every set found under ROOT). See "
+                                                  "docs/zeroshot.md."),
     model: Optional[str] = MODEL,
     lora: Optional[Path] = LORA,
     baseline: Optional[str] = BASELINE,
     metrics: Optional[list[str]] = typer.Option(None, "--metric", "--metrics",
                                                 help="R@K, MAP@K or ITM; comma-separated or repeated "
-                                                     "(default: R@1,R@5,R@10,MAP@5, or R@1,ITM with candidate lists)."),
-    instruction: Optional[str] = typer.Option(None, help="Instruction for queries without their own."),
+                                                     "(default: R@1,R@5,R@10,MAP@5, or R@1,ITM with candidate lists). "
+                                                     "Not with --set (each set has its metrics)."),
+    instruction: Optional[str] = typer.Option(None, help="Instruction for queries without their own (not with "
+                                                         "--set: each set has its prompts)."),
     top_k: Optional[int] = typer.Option(None, help="Candidates kept per query in the run file (default 10)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default ./lamra-eval/zeroshot-DATA)."),
     cache_dir: Optional[Path] = CACHE_DIR,
     index_dtype: str = INDEX_DTYPE,
     batch_size: Optional[int] = BATCH_SIZE,
     quiet: bool = QUIET,
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="With --set: a reranker checkpoint (LamRA-Rank): "
+                                                                "each task's top 10 reranked with the official "
+                                                                "zero-shot prompts and fused as they are; Ret and "
+                                                                "Ret+Rank side by side. Video sets stay retrieval "
+                                                                "only (the official code never reranked them)."),
+    rerank_lora: Optional[Path] = RERANK_LORA,
+    rerank_batch_size: Optional[int] = typer.Option(None, "--rerank-batch-size", min=1,
+                                                     help="Candidates per reranker forward (default: 64 on a GPU, "
+                                                          "16 on the CPU)."),
+    format: Optional[str] = typer.Option(None, "--format",
+                                         help="'lamra' (default) or 'official': differs only where the official code "
+                                              "has a plain bug (VIST: its query drops the last context caption and "
+                                              "image; 'official' reproduces the paper's VIST row); see "
+                                              "docs/zeroshot.md."),
     *,
     model_options: ModelOptions,
 ) -> None:
-    """Evaluate on a zero-shot folder (Flickr30K-, CIRCO-, CC-Neg-style data in lamra's plain layout)."""
+    """Evaluate zero-shot: the paper's sets (--set, LamRA_Eval layout) or a plain folder.
+
+    With --set, every file of the chosen sets is checked before a model loads; the embeddings
+    (OUT/SET/embeddings) and rerank scores (OUT/SET/rerank-scores) are kept, so an interrupted
+    or repeated run encodes and scores only what is missing.
+    """
     from rich.console import Console
     from rich.table import Table
+
+    if sets:
+        if metrics or instruction or top_k is not None:
+            raise typer.BadParameter("--metric, --instruction and --top-k are for a plain folder; each set has its "
+                                     "own", param_hint="--set")
+        _official_sets(data, _task_names(sets), model=model, lora=lora, baseline=baseline, out=out,
+                       cache_dir=cache_dir, batch_size=batch_size, quiet=quiet, rerank=rerank,
+                       rerank_lora=rerank_lora, rerank_batch_size=rerank_batch_size, format=format or "lamra",
+                       model_options=model_options)
+        return
+    unused = [name for name, value in (("--rerank", rerank), ("--rerank-lora", rerank_lora),
+                                       ("--rerank-batch-size", rerank_batch_size),
+                                       ("--rerank-scores", model_options.rerank_scores)) if value is not None]
+    if unused or format is not None:
+        raise typer.BadParameter(f"{(unused or ['--format'])[0]} is for the paper's sets: give --set",
+                                 param_hint="--set")
 
     from ..data.mbeir import read_qrels
     from ..evaluation.zeroshot import QRELS, evaluate_zeroshot
@@ -249,7 +301,7 @@ def zeroshot(
     out = out or Path("lamra-eval") / f"zeroshot-{data.name}"
     if model is None and baseline is None:  # lamra's default model (it says so)
         model, lora = resolve_model(None, lora)
-    settings = model_options.settings(model)
+    settings = model_options.settings(model, lora)
     encoder = _encoder(model, lora, baseline, model_options.device, model_options.dtype,
                        positives=lambda: read_qrels(data / QRELS).positives, settings=settings, quiet=quiet)
     results = evaluate_zeroshot(data, encoder, out, metrics=_task_names(metrics), instruction=instruction,
@@ -262,3 +314,79 @@ def zeroshot(
         table.add_row(name, f"{value:.1f}")
     Console().print(table)
     typer.echo(f"wrote {', '.join(str(p) for p in results.files.values())}")
+
+
+def _official_sets(root: Path, names: list[str], *, model, lora, baseline, out, cache_dir, batch_size, quiet,
+                   rerank, rerank_lora, rerank_batch_size, format, model_options: ModelOptions) -> None:
+    """``lamra eval zeroshot ROOT --set ...``: read (and check) the sets, then evaluate, then print."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluation.workflow import free_accelerator_memory
+    from ..evaluation.zeroshot_sets import FORMATS, resolve_sets
+    from ..evaluation.zeroshot_sets.run import ZeroShotReranking, evaluate_zeroshot_sets, table_rows
+    from .models import check_sources, load_reranker
+
+    if format not in FORMATS:
+        raise typer.BadParameter(f"'official' or 'lamra', not {format!r}", param_hint="--format")
+    if baseline == "oracle":
+        raise typer.BadParameter("the paper's sets take a model or --baseline random", param_hint="--baseline")
+    if rerank is None:
+        unused = rerank_options_without_rerank(rerank_lora=rerank_lora, alpha=None, listwise=False,
+                                               rerank_scores=model_options.rerank_scores)
+        if unused or rerank_batch_size is not None:
+            raise typer.BadParameter(unused or "--rerank-batch-size needs --rerank", param_hint="--rerank")
+    try:
+        names = resolve_sets(root, names)
+    except InputError as exc:
+        raise typer.BadParameter(exc.reason, param_hint="--set") from None
+    out = out or Path("lamra-eval") / "zeroshot"
+    if model is None and baseline is None:  # lamra's default model (it says so)
+        model, lora = resolve_model(None, lora)
+    reranking = None
+    if rerank is not None:
+        check_sources(rerank, rerank_lora)  # a wrong --rerank fails before anything runs
+        reranking = ZeroShotReranking(lambda: load_reranker(rerank, lora=rerank_lora, device=model_options.device,
+                                                            dtype=model_options.dtype, quiet=quiet,
+                                                            settings=model_options.reranker_settings(rerank, rerank_lora)),
+                                      batch_size=rerank_batch_size)
+    settings = model_options.settings(model, lora)
+    console = Console(stderr=True, quiet=quiet)
+    results = evaluate_zeroshot_sets(
+        root, names, partial(_encoder, model, lora, baseline, model_options.device, model_options.dtype,
+                             settings=settings, quiet=quiet),
+        out, reranking=reranking, format=format, cache_dir=cache_dir, batch_size=batch_size,
+        show_progress=not quiet, announce=lambda message: console.print(message, style="dim", markup=False),
+        free_memory=free_accelerator_memory)
+    table = Table(title="Zero-shot (official LamRA evaluation)" + (": Ret and Ret+Rank" if rerank else ""))
+    for column in ("Set", "Task", "Metric", "Ret") + (("Ret+Rank",) if rerank else ()):
+        table.add_column(column, justify="right" if column.startswith("Ret") else "left")
+    for result in results:
+        for task, metric, ret, ranked in table_rows(result):
+            table.add_row(result.name, task, metric, ret, *((ranked,) if rerank else ()))
+    Console().print(table)
+    for result in results:
+        for note in result.notes:
+            typer.echo(f"{result.name}: {note}")
+    encoded = sum(len(r.built) for r in results)
+    reused = sum(len(r.reused) for r in results)
+    scored = sum(r.scored for r in results)
+    typer.echo(f"encoded {encoded}, reused {reused} cached embedding sets"
+               + (f"; reranked {scored} queries, {sum(r.rescored for r in results)} reused" if rerank else "")
+               + f"; wrote results.json and results.md per set to {out.resolve()}")
+
+
+def _pool_backend(backend: str, uri: Optional[str], token: Optional[str], index_type: Optional[str]) -> dict | None:
+    """``Index.build`` options of the pools' backend (None: the default flat index)."""
+    if backend == "flat":
+        if uri or index_type:
+            raise typer.BadParameter("--milvus-uri and --milvus-index need --backend milvus", param_hint="--backend")
+        return None
+    if backend != "milvus":
+        raise typer.BadParameter(f"choose flat or milvus, not {backend!r}", param_hint="--backend")
+    options = {"backend": "milvus", "index_type": (index_type or "FLAT").upper()}
+    if uri:
+        options["milvus_uri"] = uri
+    if token:
+        options["milvus_token"] = token
+    return options

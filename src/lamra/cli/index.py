@@ -11,8 +11,20 @@ import typer
 
 from ..distributed import rank
 from ..pipeline import RERANK_TOP_K
-from .options import (BATCH_SIZE, INDEX_MODEL, LORA, MODEL, QUIET, RERANK_LORA, SHARD_SIZE, ModelOptions,
-                      model_options, rerank_options_without_rerank)
+from .options import (
+    BATCH_SIZE,
+    INDEX_MODEL,
+    LORA,
+    MILVUS_TOKEN,
+    MILVUS_URI,
+    MODEL,
+    QUIET,
+    RERANK_LORA,
+    SHARD_SIZE,
+    ModelOptions,
+    model_options,
+    rerank_options_without_rerank,
+)
 
 index_app = typer.Typer(help="Build, extend and inspect a vector index of a collection.", no_args_is_help=True)
 
@@ -39,8 +51,16 @@ def build(
     model: Optional[str] = MODEL,
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create (an interrupted build there resumes)."),
     lora: Optional[Path] = LORA,
-    backend: str = typer.Option("flat", help="flat (exact), ivf or hnsw (approximate, for large collections)."),
-    vector_dtype: str = typer.Option("float16", "--vector-dtype", help="Stored vectors: float16 or float32."),
+    backend: str = typer.Option("flat", help="flat (exact), ivf or hnsw (approximate, for large collections), "
+                                             "or milvus (a Milvus database: embedded, or a server by --milvus-uri)."),
+    vector_dtype: Optional[str] = typer.Option(None, "--vector-dtype", help="Stored vectors: float16 or float32 "
+                                                                            "(default float16; milvus: float32)."),
+    milvus_uri: Optional[str] = MILVUS_URI,
+    milvus_token: Optional[str] = MILVUS_TOKEN,
+    milvus_collection: Optional[str] = typer.Option(None, "--milvus-collection", help="milvus: the collection's "
+                                                    "name (default: lamra_<folder>_<random>, never another's)."),
+    milvus_index: Optional[str] = typer.Option(None, "--milvus-index", help="milvus: index type (default FLAT, "
+                                               "exact, embedded; HNSW on a server; IVF_FLAT, AUTOINDEX ...)."),
     nlist: Optional[int] = typer.Option(None, help="ivf: number of lists (default ~2 sqrt(N))."),
     nprobe: Optional[int] = typer.Option(None, help="ivf: lists visited per query (default 1% of the lists, at least 16)."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="hnsw: links per node (default 32)."),
@@ -62,24 +82,31 @@ def build(
     every process encodes its share and rank 0 writes the index.
     """
     from ..index import Index
-    from ..index.build import WORK
+    from ..index.build import CLI_SKIP_HINT, WORK
     from ..index.source import record_model
     from .models import check_sources, load_retriever, resolve_model
 
     model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_options.settings(model)
-    items = _open_collection(collection, kind, mbeir_root, skip_bad)
+    settings = model_options.settings(model, lora)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit)
     _announce_resume(out / WORK, "build", [record["id"] for record in items.records])
     retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
                                settings=settings, quiet=quiet)
     params = {"nlist": nlist, "nprobe": nprobe, "M": hnsw_m, "ef_construction": ef_construction,
               "ef_search": ef_search, "encoding": encoding}
     params = {k: v for k, v in params.items() if v is not None}
+    if backend == "milvus":
+        if "encoding" in params:
+            _usage_error("--encoding is for the FAISS backends (milvus: --milvus-index)")
+        params.update(milvus_uri=milvus_uri, milvus_token=milvus_token, milvus_collection=milvus_collection,
+                      index_type=milvus_index, source=str(collection.resolve()))
+    elif any(v is not None for v in (milvus_uri, milvus_collection, milvus_index)):
+        _usage_error("--milvus-uri, --milvus-collection and --milvus-index need --backend milvus")
     try:
         index = Index.build(items.records, retriever, out, backend=backend, dtype=vector_dtype,
                             shard_size=shard_size, show_progress=not quiet, skip_bad=skip_bad,
-                            batch_size=batch_size, **params)
+                            skip_hint=CLI_SKIP_HINT, batch_size=batch_size, **params)
     except ValueError as exc:
         _usage_error(exc)
     if rank() == 0:
@@ -97,6 +124,8 @@ def add(
     model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave out items whose id is already indexed."),
+    milvus_uri: Optional[str] = MILVUS_URI,
+    milvus_token: Optional[str] = MILVUS_TOKEN,
     kind: str = KIND,
     mbeir_root: Optional[Path] = MBEIR_ROOT,
     skip_bad: bool = SKIP_BAD,
@@ -108,21 +137,22 @@ def add(
 ) -> None:
     """Append the items of a collection to an index (resumable like build)."""
     from ..index import Index
-    from ..index.build import WORK
+    from ..index.build import CLI_SKIP_HINT, WORK
     from .models import check_sources, load_retriever, resolve_model
 
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
-    settings = model_options.settings(model)
-    index = Index.open(index_path)
-    items = _open_collection(collection, kind, mbeir_root, skip_bad)
+    settings = model_options.settings(model, lora)
+    index = Index.open(index_path, milvus_uri=milvus_uri, milvus_token=milvus_token)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit)
     ids = [record["id"] for record in items.records]
     _announce_resume(index_path / WORK, "add", [i for i in ids if i not in index] if skip_existing else ids)
     retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
                                settings=settings, quiet=quiet)
     before = len(index)
+    extra = {"source": str(collection.resolve())} if index.manifest["backend"] == "milvus" else {}
     index.add(items.records, retriever, show_progress=not quiet, shard_size=shard_size, skip_bad=skip_bad,
-              skip_existing=skip_existing, batch_size=batch_size)
+              skip_hint=CLI_SKIP_HINT, skip_existing=skip_existing, batch_size=batch_size, **extra)
     if rank() == 0:
         _record_skipped_lines(index_path, items.bad)
         typer.echo(f"added {len(index) - before} items; {index_path} now holds {len(index)}")
@@ -132,23 +162,35 @@ def add(
 def info(
     index_path: Path = INDEX,
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
-    verify: bool = typer.Option(False, "--verify", help="Also check every file's checksum."),
+    verify: bool = typer.Option(False, "--verify", help="Also check every file's checksum (milvus: and the "
+                                                        "collection's owner, model and row count)."),
+    milvus_uri: Optional[str] = MILVUS_URI,
+    milvus_token: Optional[str] = MILVUS_TOKEN,
 ) -> None:
     """Print an index's manifest: model, prompt format, dimension, count, backend, files."""
     from ..index import Index
     from ..index.files import read_manifest
 
-    manifest = Index.open(index_path, verify=True).manifest if verify else read_manifest(index_path)
+    if verify:
+        opened = Index.open(index_path, verify=True, milvus_uri=milvus_uri, milvus_token=milvus_token)
+        manifest = opened.manifest
+        if manifest["backend"] == "milvus":
+            opened.load()  # counts the collection's rows against the manifest
+    else:
+        manifest = read_manifest(index_path)
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
         return
-    size = sum(entry["bytes"] for seg in manifest["segments"] for entry in (seg["vectors"], seg["ids"], seg["items"]))
+    size = sum(entry["bytes"] for seg in manifest["segments"] for key, entry in seg.items() if key != "count")
     size += (manifest.get("backend_file") or {}).get("bytes", 0)
     rows = [("model", manifest.get("model")), ("adapter", manifest.get("adapter")),
-            ("prompt format", manifest.get("prompt_format")), ("dimension", manifest.get("dim")),
+            ("prompt format", manifest.get("prompt_format")), ("rule set", _rule_set(manifest)),
+            ("dimension", manifest.get("dim")),
             ("items", manifest.get("count")), ("vectors", manifest.get("dtype")),
             ("backend", manifest.get("backend")),
             ("backend parameters", json.dumps(manifest.get("backend_params", {}))),
+            *([("milvus collection", manifest["milvus"]["collection"]),
+               ("milvus database", milvus_uri or manifest["milvus"]["uri"])] if manifest.get("milvus") else []),
             ("segments", len(manifest["segments"])), ("size on disk", _human(size)),
             ("created", manifest.get("created")), ("updated", manifest.get("updated")),
             ("skipped bad items", len(manifest.get("skipped", [])))]
@@ -165,6 +207,14 @@ def info(
         typer.echo(f"skipped: {entry['error']}")
 
 
+def _rule_set(manifest: dict) -> str:
+    """The LamRA release's rules the index's vectors were made under (docs/format.md#rule-sets)."""
+    settings = manifest.get("settings")
+    if not isinstance(settings, dict):
+        return "none recorded"
+    return settings.get("rules") or "lamra-qwen2vl (built before lamra named rule sets)"
+
+
 @model_options(rerank_scores=True)
 def search(
     index_path: Path = INDEX,
@@ -172,7 +222,9 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Query image file."),
     instruction: Optional[str] = typer.Option(None, help="Task instruction, e.g. \"Find me an everyday image "
                                                          "that matches the given caption.\" (the retriever and "
-                                                         "the reranker both read it)."),
+                                                         "the reranker both read it). Default: the M-BEIR "
+                                                         "instruction of the task closest to the query's and "
+                                                         "the index's modalities; none: no instruction."),
     k: int = typer.Option(10, "-k", min=1, help="How many results."),
     model: Optional[str] = INDEX_MODEL,
     lora: Optional[Path] = LORA,
@@ -189,6 +241,11 @@ def search(
                                                             "P(Yes)."),
     nprobe: Optional[int] = typer.Option(None, help="ivf: lists visited (overrides the index's setting)."),
     ef_search: Optional[int] = typer.Option(None, help="hnsw: search beam width (overrides the index's)."),
+    where: Optional[str] = typer.Option(None, "--where", help="milvus: a filter on the items' fields, e.g. "
+                                                              "\"modality == 'image'\" (fields: id, modality, "
+                                                              "dataset_id, task_id, source, segment)."),
+    milvus_uri: Optional[str] = MILVUS_URI,
+    milvus_token: Optional[str] = MILVUS_TOKEN,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     *,
     model_options: ModelOptions,
@@ -198,10 +255,11 @@ def search(
     With --rerank the table shows three scores per hit: retrieval (cosine), rerank (P(Yes), or
     the listwise odds against the chosen candidate) and fused, which orders the results.
     """
+    from ..data.default_instructions import choose_instruction, index_modality, modality
     from ..index import Index
     from ..items import Item
     from ..pipeline import LISTWISE, POINTWISE, Hit, Pipeline
-    from ..qwen2vl.images import image_size
+    from ..qwen2vl.images import load_image
     from .models import check_sources, load_reranker, load_retriever, resolve_model
 
     if text is None and image is None:
@@ -210,22 +268,33 @@ def search(
         rerank_lora=rerank_lora, alpha=alpha, listwise=listwise, rerank_scores=model_options.rerank_scores)
     if unused:
         _usage_error(unused)
+    if where is not None:
+        from ..index.files import read_manifest
+        from ..index.milvus_filter import check_where
+
+        if read_manifest(index_path).get("backend") != "milvus":
+            _usage_error("--where filters need a Milvus index (lamra index build --backend milvus)")
+        check_where(where)  # a bad expression fails before a model loads
     model, lora = resolve_model(model, lora, index=index_path)
     check_sources(model, lora)
     if rerank is not None:
         check_sources(rerank, rerank_lora)  # a wrong --rerank fails before anything loads
-    settings = model_options.settings(model)
+    settings = model_options.settings(model, lora)
     if image is not None:
-        with _query_image_errors():  # a bad --image fails before a model loads
-            image_size(image, pixel_limit=settings.image_pixel_limit)
+        with _query_image_errors():  # a bad --image (missing, truncated, not an image) fails before a model loads
+            load_image(image, pixel_limit=settings.image_pixel_limit)
     retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
                                settings=settings)
-    index = Index.open(index_path, expect=retriever.fingerprint())
+    index = Index.open(index_path, expect=retriever.fingerprint(), milvus_uri=milvus_uri, milvus_token=milvus_token)
+    choice = choose_instruction(instruction, modality(text, 1 if image else 0),
+                                index_modality(index) if instruction is None else None)
+    instruction = choice.instruction
+    typer.echo(choice.describe(), err=True)
     pipeline = Pipeline(retriever, index, top_k=top_k, alpha=alpha, mode=LISTWISE if listwise else POINTWISE)
     query = Item(text=text, images=[image] if image else [], id="query")
     with _query_image_errors():
         vectors = pipeline.encode([query], instruction)
-    overrides = {k_: v for k_, v in {"nprobe": nprobe, "ef_search": ef_search}.items() if v is not None}
+    overrides = {k_: v for k_, v in {"nprobe": nprobe, "ef_search": ef_search, "where": where}.items() if v is not None}
     try:
         [found] = pipeline.nearest(vectors, pipeline.depth(k, reranking=rerank is not None), **overrides)
     except ValueError as exc:
@@ -236,7 +305,7 @@ def search(
     else:
         # The reranker loads once the retrieval is done (a bad --nprobe fails before it).
         pipeline.reranker = load_reranker(rerank, lora=rerank_lora, device=model_options.device,
-                                          dtype=model_options.dtype, settings=model_options.reranker_settings(rerank))
+                                          dtype=model_options.dtype, settings=model_options.reranker_settings(rerank, rerank_lora))
         # (The query image was read by the retriever already: an image error here is a candidate's.)
         ranked = pipeline.rerank(query, found, instruction=instruction)
         fused_with = {"model": pipeline.reranker.fingerprint().get("model"), "mode": pipeline.mode,
@@ -283,15 +352,17 @@ def _score(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _open_collection(collection, kind, mbeir_root, skip_bad):
-    """The collection's records; every bad line listed (then exit 2 unless --skip-bad)."""
-    from ..data.collections import open_collection
+def _open_collection(collection, kind, mbeir_root, skip_bad, pixel_limit=None):
+    """The collection's records, every image decoded once; every bad line listed (then exit 2
+    unless --skip-bad), before a model loads or anything is written."""
+    from ..data.collections import check_images, open_collection
     from ..errors import BadLinesError
 
-    try:
-        items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=skip_bad)
+    try:  # the lines' problems and the images' together, in one list
+        items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=True)
+        items = check_images(items, pixel_limit=pixel_limit, skip_bad=skip_bad)
     except BadLinesError as exc:
-        for entry in exc.problems[:20]:
+        for entry in sorted(exc.problems, key=lambda entry: entry.get("line") or 0)[:20]:
             typer.echo(f"error: {entry['error']}", err=True)
         more = " (first 20 shown)" if len(exc.problems) > 20 else ""
         typer.echo(f"{len(exc.problems)} bad line(s){more}; nothing indexed. Fix them or pass --skip-bad.", err=True)
@@ -329,7 +400,9 @@ def _announce_resume(work: Path, kind: str, ids: list[str]) -> None:
         return  # not this job: the build itself says what is wrong
     done = 0
     for shard in sorted((work / "shards").glob("*.json")):
-        if shard.with_suffix(".npy").is_file():
+        upserted = shard.name.endswith(".upserted.json")  # (milvus: in the collection)
+        if shard.with_suffix(".npy").is_file() or \
+                upserted and not shard.with_name(shard.name.split(".")[0] + ".npy").is_file():
             record = json.loads(shard.read_text())
             done += len(record.get("ids", [])) + len(record.get("bad", []))
     if rank() == 0:

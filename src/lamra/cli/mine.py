@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..distributed import is_main_process
-from .options import BATCH_SIZE, LORA, MODEL, QUIET, SHARD_SIZE, ModelOptions, model_options
+from .options import BATCH_SIZE, LORA, MILVUS_TOKEN, MODEL, QUIET, SHARD_SIZE, ModelOptions, model_options
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 @model_options()
 def mine(
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     data: Path = typer.Option(..., "--data", help="M-BEIR root (query/union_train or query/train, and "
                                                   "cand_pool/global/mbeir_union_train_cand_pool.jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="The mined jsonl to write (an interrupted run there resumes)."),
@@ -33,6 +33,13 @@ def mine(
                                                                      "A query line's own 'instruction' wins."),
     seed: int = typer.Option(0, help="Seed of --instructions random."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    backend: str = typer.Option("flat", "--backend", help="Where the pool is indexed: flat, or milvus (a Milvus "
+                                                          "database; each task searches it with a filter)."),
+    milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="milvus: a server / cluster "
+                                             "(http://host:19530); default: an embedded database."),
+    milvus_token: Optional[str] = MILVUS_TOKEN,
+    milvus_index: Optional[str] = typer.Option(None, "--milvus-index", help="milvus: index type (default FLAT: "
+                                               "exact, like the flat pool)."),
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
     quiet: bool = QUIET,
@@ -46,10 +53,19 @@ def mine(
     encodes its share and rank 0 searches and writes.
     """
     from ..reranker.mining import plan_mining, work_folder
-    from .models import check_sources, load_retriever
+    from .models import check_sources, load_retriever, resolve_model
 
+    model, lora = resolve_model(model, lora)
     check_sources(model, lora)
-    settings = model_options.settings(model)
+    if backend not in ("flat", "milvus"):
+        raise typer.BadParameter(f"choose flat or milvus, not {backend!r}", param_hint="--backend")
+    if backend == "flat" and (milvus_uri or milvus_index):
+        raise typer.BadParameter("--milvus-uri and --milvus-index need --backend milvus", param_hint="--backend")
+    pool_backend = None
+    if backend == "milvus":
+        pool_backend = {"backend": "milvus", "index_type": (milvus_index or "FLAT").upper()}
+        pool_backend.update({k: v for k, v in {"milvus_uri": milvus_uri, "milvus_token": milvus_token}.items() if v})
+    settings = model_options.settings(model, lora)
     # Bad data fails here, in one line, before the model loads.
     plan = plan_mining(data, queries=queries, pool=pool, pools=pools, instructions=instructions, seed=seed)
     if work_folder(out).is_dir() and is_main_process():
@@ -60,7 +76,7 @@ def mine(
 
     summary = run(retriever, data, out, k=k, queries=queries, pool=pool, pools=pools, instructions=instructions,
                   seed=seed, shard_size=shard_size, batch_size=batch_size, show_progress=not quiet, overwrite=force,
-                  plan=plan)
+                  plan=plan, pool_backend=pool_backend)
     if not is_main_process():
         return
     typer.echo(f"{'task':<24}{'queries':>8}{'pool':>9}{'R@1':>8}{'R@5':>8}{'R@10':>8}")

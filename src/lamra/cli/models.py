@@ -71,3 +71,35 @@ def _before_loading(model, lora, quiet: bool) -> None:
     if is_main_process():  # under torchrun, one warning, not one per process
         warn_if_untrained(model)
     quiet_model_loading(show_downloads=not quiet)
+
+
+# -- lamra model: checkpoints for trying the commands --------------------------------------------
+
+model_app = typer.Typer(help="Make model checkpoints to try the commands with.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")
+
+
+@model_app.command("tiny")
+def tiny(
+    out: str = typer.Argument(..., help="Folder for the checkpoint (must not exist, or be empty)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+) -> None:
+    """Save a tiny Qwen2-VL checkpoint with random weights (2 layers, the real Qwen2 BPE): a
+    --model that every command loads in a second, to try training, mining and serving end to
+    end. Its rankings mean nothing (it is marked UNTRAINED, and commands say so)."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError("exists and is not an empty folder: choose a new one", file=str(folder))
+    from ..demo.tiny import qwen2_tokenizer, save_tiny_checkpoint
+
+    quiet_model_loading()
+    save_tiny_checkpoint(folder, tokenizer=qwen2_tokenizer(), seed=seed)
+    typer.echo(f"wrote a tiny random Qwen2-VL checkpoint to {folder} (UNTRAINED: for trying the commands; "
+               f"e.g. lamra train reranker --model {folder} ...)")

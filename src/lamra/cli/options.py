@@ -6,8 +6,8 @@ The model options (``--device``, ``--dtype``, ``--max-pixels`` ... ``--image-pix
 their values as one ``model_options`` argument::
 
     @model_options()
-    def cmd(model: Optional[str] = MODEL, *, model_options: ModelOptions) -> None:
-        settings = model_options.settings(model)
+    def cmd(model: Optional[str] = MODEL, lora: Optional[Path] = LORA, *, model_options: ModelOptions) -> None:
+        settings = model_options.settings(model, lora)
         retriever = load_retriever(model, device=model_options.device, dtype=model_options.dtype,
                                    settings=settings)
 
@@ -23,7 +23,7 @@ from typing import Optional
 
 import typer
 
-from ..settings import ModelSettings, POSITION_MODES, RERANK_SCORE_MODES
+from ..settings import POSITION_MODES, RERANK_SCORE_MODES, RGBA_MODES, RULE_SETS, ModelSettings
 
 _DEFAULTS = ModelSettings()
 
@@ -45,11 +45,17 @@ MAX_PIXELS = typer.Option(None, "--max-pixels", min=1, help=f"Most pixels of an 
                                                               f"(default {_DEFAULTS.max_pixels}, LamRA's cap).")
 MIN_PIXELS = typer.Option(None, "--min-pixels", min=1, help=f"Fewest pixels of an image after resizing "
                                                               f"(default {_DEFAULTS.min_pixels}).")
-POSITIONS = typer.Option(None, "--positions", help=f"Position ids: {' or '.join(POSITION_MODES)} (default "
-                                                   f"{_DEFAULTS.positions}, as the released LamRA-Ret; mrope "
-                                                   "is Qwen2-VL's 3-D rotary positions).")
-MAX_TOKENS = typer.Option(None, "--max-tokens", min=16, help=f"Most tokens of one sequence; longer ones are cut "
-                                                               f"(default {_DEFAULTS.max_tokens}).")
+RULES = typer.Option(None, "--rules", help=f"Rule set of a LamRA release: {' or '.join(RULE_SETS)} (default: the "
+                                           "checkpoint's, from its lamra_settings.json or its config's model_type; "
+                                           "docs/format.md#rule-sets).")
+POSITIONS = typer.Option(None, "--positions", help=f"Position ids: {' or '.join(POSITION_MODES)} (default: the rule "
+                                                   "set's: 1d for the Qwen2-VL LamRA-Ret, mrope, the model's 3-D "
+                                                   "rotary positions, for the Qwen2.5-VL one).")
+RGBA = typer.Option(None, "--rgba", help=f"RGBA images: {' or '.join(RGBA_MODES)} (default: the rule set's: convert, "
+                                         "PIL's, for Qwen2-VL; white, pasted on white, for Qwen2.5-VL).")
+MAX_TOKENS = typer.Option(None, "--max-tokens", min=0, help="Most tokens of one sequence; longer ones are cut, 0: "
+                                                            "no cut (default: the rule set's: 1024 for Qwen2-VL, "
+                                                            "0 for Qwen2.5-VL).")
 IMAGE_PIXEL_LIMIT = typer.Option(None, "--image-pixel-limit", min=1,
                                  help=f"Refuse images of more pixels than this before decoding them "
                                       f"(default {_DEFAULTS.image_pixel_limit}; a guard against "
@@ -58,6 +64,13 @@ RERANK_SCORES = typer.Option(None, "--rerank-scores", help=f"Reranker scores: {'
                                                            f"(default {_DEFAULTS.rerank_scores}: the checkpoint's "
                                                            "repetition penalty on the Yes / No logits, as the "
                                                            "released evaluation; raw: the logits as they are).")
+
+# A Milvus-backed index (docs/index.md): where its database is, and the server's token.
+MILVUS_URI = typer.Option(None, "--milvus-uri", help="milvus: the database - a file (embedded Milvus Lite; default: "
+                                                     "milvus.db in the index folder) or a server / cluster, "
+                                                     "http://host:19530.")
+MILVUS_TOKEN = typer.Option(None, "--milvus-token", envvar="MILVUS_TOKEN", show_envvar=True,
+                            help="milvus: the server's token (user:password or an API key).")
 
 
 @dataclass(frozen=True)
@@ -71,23 +84,26 @@ class ModelOptions:
     min_pixels: Optional[int] = None
     positions: Optional[str] = None
     max_tokens: Optional[int] = None
+    rules: Optional[str] = None
+    rgba: Optional[str] = None
     image_pixel_limit: Optional[int] = None
     rerank_scores: Optional[str] = None
 
-    def settings(self, model=None, *, rerank_scores: bool = False) -> ModelSettings:
-        """A retriever's settings: the model's own, with the options given on top (and the
+    def settings(self, model=None, lora=None, *, rerank_scores: bool = False) -> ModelSettings:
+        """A retriever's settings: its own (the adapter's ``lamra_settings.json``, else the model
+        folder's, else its release's rule set), with the options given on top (and the
         ``--rerank-scores`` mode with ``rerank_scores``, for a server that hands it to its reranker)."""
         extra = {"rerank_scores": self.rerank_scores} if rerank_scores else {}
-        return model_settings(model, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
-                              positions=self.positions, max_tokens=self.max_tokens,
-                              image_pixel_limit=self.image_pixel_limit, **extra)
+        return model_settings(model, lora, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
+                              positions=self.positions, max_tokens=self.max_tokens, rules=self.rules,
+                              rgba=self.rgba, image_pixel_limit=self.image_pixel_limit, **extra)
 
-    def reranker_settings(self, model) -> ModelSettings:
+    def reranker_settings(self, model, lora=None) -> ModelSettings:
         """A reranker's settings: its folder's, with the options given and the ``--rerank-scores``
         mode; not ``--positions`` (the reranker reads M-RoPE positions)."""
-        return model_settings(model, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
-                              max_tokens=self.max_tokens, image_pixel_limit=self.image_pixel_limit,
-                              rerank_scores=self.rerank_scores)
+        return model_settings(model, lora, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
+                              max_tokens=self.max_tokens, rules=self.rules, rgba=self.rgba,
+                              image_pixel_limit=self.image_pixel_limit, rerank_scores=self.rerank_scores)
 
 
 # Each field of the group: its type, as typer reads it, and its option.
@@ -98,6 +114,8 @@ _GROUP = {
     "min_pixels": (Optional[int], MIN_PIXELS),
     "positions": (Optional[str], POSITIONS),
     "max_tokens": (Optional[int], MAX_TOKENS),
+    "rules": (Optional[str], RULES),
+    "rgba": (Optional[str], RGBA),
     "image_pixel_limit": (Optional[int], IMAGE_PIXEL_LIMIT),
     "rerank_scores": (Optional[str], RERANK_SCORES),
 }
@@ -146,21 +164,23 @@ def rerank_options_without_rerank(*, rerank_lora, alpha, listwise: bool, rerank_
     return f"{', '.join(given)} only work(s) with --rerank" if given else None
 
 
-def model_settings(model=None, **values) -> ModelSettings:
-    """The model's settings (its folder's ``lamra_settings.json``, else the defaults) with the
-    options that were given on top (None values keep them).
+def model_settings(model=None, lora=None, **values) -> ModelSettings:
+    """The model's settings (``lamra_settings.json`` of the adapter ``lora``, else of the model
+    folder, else the defaults of its release) with the options that were given on top (None
+    values keep them).
 
     A bad combination (``--min-pixels`` over ``--max-pixels``, an unknown ``--positions``) is a
     usage error: exit status 2 with the reason.
     """
     try:
-        return ModelSettings.for_model(model).with_overrides(**values)
+        return ModelSettings.for_model(model, lora).with_overrides(**values)
     except ValueError as exc:
         raise typer.BadParameter(_option_names(str(exc))) from None
 
 
 def _option_names(message: str) -> str:
     """Settings' field names in a message, as the options that set them."""
-    for field in ("max_pixels", "min_pixels", "positions", "max_tokens", "image_pixel_limit", "rerank_scores"):
+    for field in ("max_pixels", "min_pixels", "positions", "max_tokens", "image_pixel_limit", "rerank_scores",
+                  "rules", "rgba"):
         message = message.replace(field, "--" + field.replace("_", "-"))
     return message

@@ -9,8 +9,18 @@ from typing import Optional
 
 import typer
 
+from ..serving.auth import API_KEY_ENV, is_loopback, split_keys
 from ..serving.limits import ServeConfig
-from .options import IMAGE_PIXEL_LIMIT, INDEX_MODEL, LORA, RERANK_LORA, ModelOptions, model_options
+from .options import (
+    IMAGE_PIXEL_LIMIT,
+    INDEX_MODEL,
+    LORA,
+    MILVUS_TOKEN,
+    MILVUS_URI,
+    RERANK_LORA,
+    ModelOptions,
+    model_options,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,14 +54,40 @@ def serve(
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Fusion weight: alpha * retrieval + (1 - alpha) * rerank."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log",
                                     help="Log one line per request: method, path, status, milliseconds."),
+    api_key: Optional[list[str]] = typer.Option(
+        None, "--api-key", metavar="KEY",
+        help="A key clients send as 'Authorization: Bearer KEY' (every route but /health needs one). Repeat it "
+             f"for several keys; {API_KEY_ENV} (comma separated) adds more. Binding a non-loopback --host needs "
+             "a key, or --no-auth."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve a non-loopback --host without keys (anyone who "
+                                                           "reaches the port can use the server)."),
+    model_alias: Optional[list[str]] = typer.Option(
+        None, "--served-model-name", metavar="NAME",
+        help="A name the standard routes' 'model' field may give for the retriever (besides --model as given); "
+             "the first is the one /v1/models lists. Repeatable."),
+    rerank_alias: Optional[list[str]] = typer.Option(
+        None, "--served-rerank-name", metavar="NAME", help="The same for the reranker. Repeatable."),
+    max_embed_items: int = typer.Option(32, min=1, help="Most items in one /embed or /v1/embeddings request."),
+    milvus_uri: Optional[str] = MILVUS_URI,
+    milvus_token: Optional[str] = MILVUS_TOKEN,
     *,
     model_options: ModelOptions,
 ) -> None:
-    """Serve an index over HTTP: a JSON API (/search, /embed, /info, /docs) and a search page at /.
+    """Serve an index over HTTP: a JSON API (/search, /embed, /info, /docs), the ecosystem's routes
+    (OpenAI /v1/embeddings, Cohere / Jina / vLLM /v1/rerank, /v1/models), /metrics and a search page at /.
 
     The port is taken before the models load, so a port in use fails at once.
     """
     import os
+
+    keys = split_keys([*(api_key or []), os.environ.get(API_KEY_ENV)])
+    if keys and no_auth:
+        typer.echo("error: --no-auth contradicts the API keys given (--api-key or " + API_KEY_ENV + ")", err=True)
+        raise typer.Exit(2)
+    if not keys and not no_auth and not is_loopback(host):
+        typer.echo(f"error: refusing to serve {host} without an API key: anyone who reaches the port could use it; "
+                   f"give --api-key KEY (or set {API_KEY_ENV}), or --no-auth to serve it open", err=True)
+        raise typer.Exit(2)
 
     # torch and faiss-cpu each bundle their own OpenMP runtime. A server alternates a model call and a
     # search on every request, and with spinning (the default) idle threads of one runtime starve the
@@ -62,13 +98,13 @@ def serve(
     from .runtime import quiet_model_loading
 
     model, lora = resolve_model(model, lora, index=index)
-    settings = model_options.settings(model, rerank_scores=True)  # (the reranker takes the score mode)
+    settings = model_options.settings(model, lora, rerank_scores=True)  # (the reranker takes the score mode)
     pixel_limit = model_options.image_pixel_limit
     limits = {} if pixel_limit is None else {"max_image_pixels": pixel_limit}
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_k=max_k,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_video_bytes=int(max_video_mb * 1024 * 1024), request_timeout_s=timeout, alpha=alpha,
-                         **limits)
+                         max_embed_items=max_embed_items, **limits)
     for source, adapter in ((model, lora), (rerank, rerank_lora)):
         if source is not None:
             check_sources(source, adapter)
@@ -79,13 +115,18 @@ def serve(
                 warn_if_untrained(source)
         quiet_model_loading()
         app = load_app(index, model, lora=lora, rerank=rerank, rerank_lora=rerank_lora, device=model_options.device,
-                       dtype=model_options.dtype, config=config, settings=settings)
+                       dtype=model_options.dtype, config=config, settings=settings, api_keys=keys,
+                       model_names=model_alias or (), rerank_names=rerank_alias or (), milvus_uri=milvus_uri,
+                       milvus_token=milvus_token)
         if access_log:
             import logging
 
             logging.getLogger("lamra.serving.access").setLevel(logging.INFO)
         bound = listener.getsockname()[1]
-        typer.echo(f"serving {len(app.state.engine.index)} items on {_url(host, bound)} (API docs at /docs)")
+        access = (f"API keys required ({len(keys)} accepted)" if keys else
+                  "no API key: open to anyone who reaches the port (--no-auth)" if no_auth else
+                  "no API key (loopback only)")
+        typer.echo(f"serving {len(app.state.engine.index)} items on {_url(host, bound)} (API docs at /docs; {access})")
         run(app, listener, host=host, port=bound)
     finally:
         listener.close()

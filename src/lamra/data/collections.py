@@ -33,6 +33,7 @@ class Collection:
     kind: str
     records: list[dict]
     bad: list[dict] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # id -> line of a jsonl / pool (for errors)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,7 +101,7 @@ def item_jsonl(path: Path, *, skip_bad: bool = False) -> Collection:
     """
     from .jsonl import read_item_lines
 
-    records, bad = [], []
+    records, bad, lines = [], [], []
     for entry in read_item_lines(path):
         error = entry.error
         if error is None:
@@ -109,13 +110,16 @@ def item_jsonl(path: Path, *, skip_bad: bool = False) -> Collection:
             bad.append(_report(error, entry.line))
             continue
         item = entry.item
+        lines.append(entry.line)
         record = {"id": item.id, "text": item.text, "images": [str(Path(p).resolve()) for p in item.images]}
         if item.videos:  # stored as the jsonl gave it: a file path or a list of frame paths
             source = item.videos[0].source
             record["video"] = str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) \
                 else [str(Path(frame).resolve()) for frame in source]
         records.append(record)
-    return _finish(path, "jsonl", records, bad, skip_bad, empty="no items in this file")
+    collection = _finish(path, "jsonl", records, bad, skip_bad, empty="no items in this file")
+    collection.lines = {record["id"]: line for record, line in zip(records, lines)}
+    return collection
 
 
 def mbeir_pool(path: Path, *, root: str | os.PathLike | None = None, skip_bad: bool = False) -> Collection:
@@ -151,7 +155,36 @@ def mbeir_pool(path: Path, *, root: str | os.PathLike | None = None, skip_bad: b
             records.append({"id": candidate.did, "text": item.text,
                             "images": [str(Path(p).resolve()) for p in item.images],
                             "modality": candidate.modality, "src_content": candidate.src_content})
-    return _finish(path, "mbeir", records, bad, skip_bad, empty="no candidates in this pool")
+    collection = _finish(path, "mbeir", records, bad, skip_bad, empty="no candidates in this pool")
+    collection.lines = seen
+    return collection
+
+
+def check_images(collection: Collection, *, pixel_limit: int | None = None, skip_bad: bool = False) -> Collection:
+    """Decode every image of ``collection`` once, as ``lamra embed`` does, so that a truncated,
+    unreadable or oversized picture is found before a model loads, with its file, line and id.
+    Bad records are all listed: left out into ``bad`` with ``skip_bad``, else one BadLinesError."""
+    from ..qwen2vl.images import load_image
+    from ..settings import DEFAULT_IMAGE_PIXEL_LIMIT
+
+    source = None if collection.kind == "images" else str(collection.source)  # a folder's errors name the image
+    field_name = "img_path" if collection.kind == "mbeir" else "image"
+    good, bad = [], []
+    for record in collection.records:
+        try:
+            for image in record.get("images") or ([record["image"]] if record.get("image") else []):
+                load_image(image, pixel_limit=pixel_limit or DEFAULT_IMAGE_PIXEL_LIMIT, item=record["id"])
+        except InputError as exc:
+            line = collection.lines.get(record["id"])
+            error = InputError(exc.reason, file=source, line=line, item=record["id"], field=field_name)
+            bad.append(_report(error, line))
+            continue
+        good.append(record)
+    bad = sorted(collection.bad + bad, key=lambda entry: entry.get("line") or 0)  # the lines' and the images'
+    if bad and (not skip_bad or not good):
+        raise BadLinesError(bad, file=str(collection.source),
+                            hint="nothing was read (fix them, or pass --skip-bad to use the rest)")
+    return Collection(collection.source, collection.kind, good, bad, collection.lines)
 
 
 def _missing_file(item, *, file: str, line: int, field: str = "image") -> InputError | None:
@@ -173,7 +206,7 @@ def _report(error: InputError, line: int) -> dict:
 
 
 def _finish(path: Path, kind: str, records: list[dict], bad: list[dict], skip_bad: bool, *, empty: str) -> Collection:
-    if bad and not skip_bad:
+    if bad and (not skip_bad or not records):  # (with nothing left, the reasons are worth more than the count)
         raise BadLinesError(bad, file=str(path), hint="nothing was read (fix them, or pass --skip-bad to use the rest)")
     if not records:
         raise InputError(empty + (f" ({len(bad)} bad line(s) skipped)" if bad else ""), file=str(path))

@@ -32,12 +32,14 @@ def parse_json_line(raw: bytes, *, file: str, line: int) -> dict | None:
         raise InputError(f"not valid UTF-8 (byte {exc.start})", file=file, line=line) from None
     if not text.strip():
         return None
+    text = text.rstrip("\r\n")  # columns count within the line, its line break left out
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         # Some of json's messages end in "at" ("Invalid control character at"): say it once.
         message = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
-        raise InputError(f"not valid JSON: {message} at column {exc.colno}", file=file, line=line) from None
+        where = "at the end of the line (is it cut short?)" if exc.pos >= len(text) else f"at column {exc.pos + 1}"
+        raise InputError(f"not valid JSON: {message} {where}", file=file, line=line) from None
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}", file=file, line=line)
     return value

@@ -7,12 +7,12 @@ and field before training starts.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .jsonl import parse_json_line
 
 FIELDS = ("sent0", "sent1", "hard_neg")
 
@@ -57,17 +57,13 @@ def read_pairs(path: str | os.PathLike) -> list[TextPair]:
 def _jsonl_rows(path: Path):
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
             try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                yield number, InputError(f"not valid JSON: {exc}", file=str(path), line=number)
+                record = parse_json_line(raw, file=str(path), line=number)
+            except InputError as exc:
+                yield number, exc
                 continue
-            if not isinstance(record, dict):
-                yield number, InputError("a line must be a JSON object", file=str(path), line=number)
-                continue
-            yield number, record
+            if record is not None:
+                yield number, record
 
 
 def _csv_rows(path: Path):

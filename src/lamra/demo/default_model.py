@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "lamra_default_model.json"
 
-# Why these sizes: the whole recipe must run in about 10 minutes on 2 CPU cores. Width 128 and
+# Why these sizes: the whole recipe must run in minutes on 2 CPU cores (230-270 s idle). Width 128 and
 # 4 layers keep a step well under a second; images at 56 x 56 pixels (4 merged tokens) keep the
 # vision tower cheap (112 x 112 learned no better in the same number of steps). The transformer
 # starts random and is trained in full; the token embeddings start from SmolLM2-135M's (mapped
@@ -103,7 +103,7 @@ def ensure_default_model(*, recipe: dict = RECIPE, announce: Callable[[str], Non
         return cached
     folder = default_model_dir(recipe)
     announce(f"no default model in {folder.parent} yet: training it now with lamra's recipe "
-             "(5 to 10 minutes on 2 CPU cores, once)")
+             "(about 4-5 minutes on an idle 2-core machine, longer on a busy one; once)")
     return train_default_model(folder, recipe=recipe, announce=announce, show_progress=show_progress,
                                work_dir=work_dir)
 

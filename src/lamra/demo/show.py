@@ -72,8 +72,8 @@ def _trained_demo(console, args) -> None:
     if args.model is None:
         model = ensure_default_model(announce=lambda message: console.print(f"[dim]{message}[/]"))
         record = json.loads((model / DEFAULT_MODEL_FILE).read_text())
-        console.print(f"Default model: {model} (trained by lamra in {record['train_seconds']:.0f} s on real "
-                      "offline data; docs/demo-model.md)")
+        took = f", in {record['train_seconds']:.0f} s on this machine" if record.get("train_seconds", 0) >= 1 else ""
+        console.print(f"Default model: {model} (trained by lamra on real offline data{took}; docs/demo-model.md)")
         _print_evaluation(console, record["evaluation"])
         data = Path(record["data"])
     else:
@@ -104,7 +104,8 @@ def _print_evaluation(console, evaluation: dict) -> None:
 
     table = Table(title="Held-out test split: Recall@1 / Recall@5 (%), trained vs untrained vs chance")
     for column in ("task", "trained R@1", "R@5", "untrained R@1", "R@5", "chance R@1", "R@5"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+        # task names whole (fashionmnist_task0 / 3 / 4 must not all read "fashionmnist…"); headers wrap
+        table.add_column(column, justify="left" if column == "task" else "right", no_wrap=column == "task")
     for task, rows in evaluation.items():
         cells = [f"{rows[name][k]:.1f}" for name in ("trained", "untrained", "chance") for k in ("R@1", "R@5")]
         table.add_row(task, *cells)
@@ -141,7 +142,7 @@ def _print_rerank_evaluation(console, test: dict) -> None:
     table = Table(title="Held-out test split: retrieval alone vs retrieval + rerank, Recall@1 / Recall@5 (%)",
                   caption="alpha -: the task is not reranked (Ret+Rank = Ret)")
     for column in ("task", "Ret R@1", "Ret+Rank R@1", "Ret R@5", "Ret+Rank R@5", "alpha"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+        table.add_column(column, justify="left" if column == "task" else "right", no_wrap=column == "task")
     for task, row in test.items():
         alpha = f"{row['alpha']:g}" if row.get("reranked", True) else "-"
         table.add_row(task, f"{row['Ret']['R@1']:.1f}", f"{row['Ret+Rank']['R@1']:.1f}", f"{row['Ret']['R@5']:.1f}",

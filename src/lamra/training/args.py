@@ -12,7 +12,7 @@ from ..errors import InputError
 from ..qwen2vl.prompts import MAX_LISTWISE_CANDIDATES, MAX_RERANK_TEXT_TOKENS
 
 DATA_KINDS = ("pairs", "mbeir")
-DEFAULT_TEMPERATURE = 0.05  # LamRA's InfoNCE temperature (spec 4); the loss's default too
+DEFAULT_TEMPERATURE = 0.05  # LamRA's InfoNCE temperature (docs/format.md#training-hyper-parameters); the loss's default too
 
 
 @dataclass
@@ -27,6 +27,14 @@ class RetrieverTrainingArgs:
     train_pool: str | None = None        # mbeir: the pool of the positives (default: the union train pool)
     text_rule: str | None = None         # "raw" (stage 1) / "lamra" (format + 480-token cut); default by data_kind
     use_hard_negatives: bool = False
+    # reranker distillation (docs/training.md, "Distilling the reranker"): U-MARVEL's values
+    distill: str | None = None           # a teacher-scores file (`lamra score-teacher`); trains on its queries
+    distill_weight: float = 1.0          # weight of the KL term beside InfoNCE (0: InfoNCE alone, same queries)
+    distill_top_k: int = 50              # candidates per query in the KL term (U-MARVEL: the top 50)
+    distill_temperature: float = DEFAULT_TEMPERATURE   # the teacher's (U-MARVEL: the student's, 0.05)
+    distill_retrieval_weight: float = 1.0  # teacher = (this * S_ret + distill_rerank_weight * P(Yes)) / 2
+    distill_rerank_weight: float = 1.0     # U-MARVEL: 1 (0.5 / 0.1 for MSCOCO's two tasks)
+    distill_reranker: str | None = None  # the reranker that made the file: checked against it when given
     # model
     lora_r: int = 64
     lora_alpha: int = 128
@@ -72,6 +80,15 @@ class RetrieverTrainingArgs:
             raise InputError("global_batch_size must be at least 2 (in-batch negatives)", field="global_batch_size")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise InputError("chunk_size must be at least 1", field="chunk_size")
+        if self.distill:
+            if self.data_kind != "mbeir":
+                raise InputError("distill needs data_kind mbeir (the scores name M-BEIR queries)", field="distill")
+            if self.distill_weight < 0:
+                raise InputError("distill_weight must be at least 0", field="distill_weight")
+            if self.distill_top_k < 2:
+                raise InputError("distill_top_k must be at least 2", field="distill_top_k")
+            if self.distill_temperature <= 0:
+                raise InputError("distill_temperature must be above 0", field="distill_temperature")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +102,7 @@ RERANK_LOSSES = ("sum", "joint")
 
 @dataclass
 class RerankerTrainingArgs:
-    """Everything a LamRA-Rank training run needs (spec sections 3 and 4); configs/rerank.yaml
+    """Everything a LamRA-Rank training run needs (docs/format.md#reranker-prompts); configs/rerank.yaml
     holds the released values. One example is one training query: a positive and a negative
     pointwise pair and one listwise list (docs/training-rerank.md)."""
 
@@ -95,10 +112,10 @@ class RerankerTrainingArgs:
     mined: str = ""                      # the jsonl `lamra mine` wrote (top-k of every training query)
     train_queries: str | None = None     # a query jsonl (default: union_train, else query/train/*)
     train_pool: str | None = None        # the pool of positives and mined candidates (default: union train pool)
-    max_text_tokens: int = MAX_RERANK_TEXT_TOKENS  # format, then cut each text to this many tokens (spec 2)
+    max_text_tokens: int = MAX_RERANK_TEXT_TOKENS  # format, then cut each text to this many tokens (docs/format.md#truncation)
     max_negatives: int = 4               # listwise: M negatives, M uniform in [1, max_negatives]
     label_span: str = "answer"           # "answer", "answer_eos" (+ <|im_end|>), "official" (whole assistant turn)
-    loss: str = "sum"                    # "sum": L_point + L_list (spec 3); "joint": one token mean (released code)
+    loss: str = "sum"                    # "sum": L_point + L_list (docs/format.md#reranker-prompts); "joint": one token mean (released code)
     instructions: str = "random"         # "random" (released: keyed on the drawn positive) or "first"
     # model
     lora_r: int = 128
@@ -178,14 +195,16 @@ def load_args(config: str | os.PathLike | None = None, *, args_class: type = Ret
         known = {f.name for f in fields(args_class)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InputError(f"unknown argument(s) {unknown}; known: {sorted(known)}", file=str(path),
-                             field=unknown[0])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return args_class(**_numbers(args_class, values, source=str(config) if config is not None else None))
+            raise InputError(f"unknown argument(s) {unknown}{_did_you_mean(unknown[0], known)}; known: "
+                             f"{sorted(known)}", file=str(path), field=unknown[0])
+        values = _numbers(args_class, values, source=str(path))
+    given = _numbers(args_class, {k: v for k, v in overrides.items() if v is not None}, source=None)
+    return args_class(**{**values, **given})
 
 
 def _numbers(args_class: type, values: dict, *, source: str | None) -> dict:
-    """Float fields given as text become floats: yaml reads ``2e-5`` (no dot) as a string."""
+    """Float fields given as text become floats: yaml reads ``2e-5`` (no dot) as a string.
+    ``source``: the config file the values come from (None: the command line, ``--set``)."""
     types = {f.name: str(f.type) for f in fields(args_class)}
     out = dict(values)
     for key, value in values.items():
@@ -193,8 +212,16 @@ def _numbers(args_class: type, values: dict, *, source: str | None) -> dict:
             try:
                 out[key] = float(value)
             except ValueError:
-                raise InputError(f"{key} must be a number, got {value!r}", file=source, field=key) from None
+                where = "" if source else " (the value given with --set or an option, not the config file)"
+                raise InputError(f"{key} must be a number, got {value!r}{where}", file=source, field=key) from None
     return out
+
+
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_assignment(text: str, *, args_class: type = RetrieverTrainingArgs) -> tuple[str, Any]:
@@ -206,5 +233,6 @@ def parse_assignment(text: str, *, args_class: type = RetrieverTrainingArgs) -> 
     key, value = text.split("=", 1)
     known = {f.name for f in fields(args_class)}
     if key not in known:
-        raise InputError(f"unknown argument {key!r}; known: {sorted(known)}", field="set")
+        raise InputError(f"unknown argument {key!r}{_did_you_mean(key, known)}; known: {sorted(known)}",
+                         field="set")
     return key, yaml.safe_load(value)

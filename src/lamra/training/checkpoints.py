@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +52,62 @@ class CheckpointManager:
         latest = self.latest()
         if latest is None:
             return 0
-        state = json.loads((latest / STATE_FILE).read_text())
-        changed = {k: (state["args"].get(k), v) for k, v in args.items()
-                   if k in _RESUME_MUST_MATCH and state["args"].get(k) != v}
-        if changed:
-            raise ValueError(f"{latest} was made with other settings {changed} (stored, now): resume with "
-                             "the same config, or use another output_dir / resume: false")
+        state = check_resumable(self.folder, args)
         self.accelerator.load_state(str(latest), strict=False)
         logger.warning("resuming from %s (step %d)", latest, state["step"])
         return int(state["step"])
 
 
+def check_resumable(folder: Path, args: dict) -> dict | None:
+    """The newest checkpoint's state in ``folder`` (None without one); refused when it was made
+    with other settings (checked before the model loads)."""
+    done = [p for p in Path(folder).glob("step-*") if (p / STATE_FILE).is_file() and p.name[5:].isdigit()]
+    latest = max(done, key=lambda p: int(p.name[5:]), default=None)
+    if latest is None:
+        return None
+    state = json.loads((latest / STATE_FILE).read_text())
+    changed = _changed(state["args"], args)
+    if changed:
+        raise InputError(f"made with other settings {changed} (stored, now): resume with the same config, or use "
+                         "another --output-dir (or --set resume=false to start over there)", file=str(latest))
+    return state
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    adapter: Path
+    steps: int | None
+
+    @property
+    def message(self) -> str:
+        steps = f" ({self.steps} steps)" if self.steps is not None else ""
+        return (f"this run has finished already{steps}: the adapter is {self.adapter}; nothing to do "
+                "(another --output-dir, or --set resume=false, trains again)")
+
+
+def finished_run(output: Path, args: dict) -> FinishedRun | None:
+    """The finished run in ``output`` made with the same settings (its adapter's record is written
+    last), or None: a rerun of a finished command is then a no-op."""
+    record_file = Path(output) / "adapter" / "lamra_training.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if "steps" not in record or _changed(record.get("args", {}), args):
+        return None  # an older record, or other settings: train (resume checks the checkpoints)
+    return FinishedRun(record_file.parent, record["steps"])
+
+
+def _changed(stored: dict, now: dict) -> dict:
+    return {k: (stored.get(k), v) for k, v in now.items() if k in _RESUME_MUST_MATCH and stored.get(k) != v}
+
+
 # Changing these mid-run would not continue the same run.
 _RESUME_MUST_MATCH = ("model", "data", "data_kind", "global_batch_size", "seed", "lora_r", "lora_alpha", "full",
                       "max_steps", "epochs", "learning_rate", "text_rule",
+                      # distillation (the retriever's): another scores file or loss is another run
+                      "distill", "distill_weight", "distill_top_k", "distill_temperature", "distill_retrieval_weight",
+                      "distill_rerank_weight",
                       # the reranker's (RerankerTrainingArgs)
                       "mined", "label_span", "loss", "max_negatives", "max_text_tokens", "instructions")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..settings import ModelSettings
-from .checkpoints import CheckpointManager
+from .checkpoints import CheckpointManager, check_resumable, finished_run
 from .schedule import EpochIndexed, StepBatches
 
 logger = logging.getLogger(__name__)
@@ -55,16 +55,24 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
 
     dataset = recipe.dataset
     output = Path(args.output_dir)
+    finished = finished_run(output, args.to_dict()) if args.resume else None
+    if finished is not None:
+        logger.warning("%s", finished.message)
+        return finished.adapter
     device = _device(args)
     dtype = resolve_dtype(args.dtype, device)
     accelerator = Accelerator(cpu=device == "cpu",
                               mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
     world, rank = accelerator.num_processes, accelerator.process_index
-    if args.global_batch_size % world:
-        raise ValueError(f"global_batch_size {args.global_batch_size} is not a multiple of {world} processes")
+    # The data's checks, before the model loads (minutes for a large one).
+    check_batch(len(dataset), args.global_batch_size, world)
+    if args.resume:
+        check_resumable(output / "checkpoints", args.to_dict())
     set_seed(args.seed)
 
     settings = ModelSettings.for_model(args.model).with_overrides(**args.settings)
+    for message in changed_model_settings(args.model, args.settings):
+        logger.warning("%s", message)
     # LoRA weights train in fp32 over bf16 base weights (peft keeps adapters in fp32).
     backbone = load_backbone(args.model, device=str(accelerator.device), dtype=dtype, settings=settings)
     backbone.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
@@ -91,6 +99,7 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
                         # or a resumed run would see other dropout masks than an uninterrupted one
                         generator=torch.Generator().manual_seed(args.seed))
     log = _TrainLog(output / "train_log.jsonl", enabled=accelerator.is_main_process, on_log=on_log)
+    log.cut(start_step)  # a resumed run rewrites the steps after its checkpoint
     logger.info("training the %s: %d steps of %d examples on %d process(es) from step %d", recipe.name,
                 total_steps, args.global_batch_size, world, start_step)
     from ..progress import progress_bar
@@ -118,7 +127,7 @@ def train(args, recipe: Recipe, *, on_log: Callable[[dict], None] | None = None)
     accelerator.wait_for_everyone()
     adapter = output / "adapter"
     if accelerator.is_main_process:
-        save_trained(backbone, adapter, args)
+        save_trained(backbone, adapter, args, steps=total_steps)
     accelerator.wait_for_everyone()
     return adapter
 
@@ -133,15 +142,17 @@ def _mean_over_processes(accelerator, value) -> float:
     return float(accelerator.reduce(tensor, reduction="mean"))
 
 
-def save_trained(backbone, folder: Path, args) -> None:
-    """The adapter (or full model), the tokenizer with ``<emb>`` and the image processor."""
+def save_trained(backbone, folder: Path, args, *, steps: int | None = None) -> None:
+    """The adapter (or full model), the tokenizer with ``<emb>`` and the image processor; its
+    ``lamra_training.json``, written last, marks a finished run (``steps`` trained)."""
     folder.mkdir(parents=True, exist_ok=True)
     backbone.model.save_pretrained(folder)
     backbone.tokenizer.save_pretrained(folder)
     backbone.image_processor.save_pretrained(folder)
     backbone.settings.save(folder)  # the settings travel with the weights
     (folder / "lamra_training.json").write_text(json.dumps(
-        {"args": args.to_dict(), "base_model": backbone.model_id, "settings": backbone.settings.fingerprint()},
+        {"args": args.to_dict(), "steps": steps, "base_model": backbone.model_id,
+         "settings": backbone.settings.fingerprint()},
         indent=2, default=str))
 
 
@@ -160,6 +171,17 @@ class _TrainLog:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def cut(self, step: int) -> None:
+        """Keep the records up to ``step`` (the checkpoint a run resumes from): the steps after it
+        are trained again, and logged once."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and _logged_step(line) <= step]
+        from ..embeddings import atomic_write_bytes
+
+        atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))
+
     def write(self, **record) -> None:
         if not self.enabled:
             return
@@ -167,3 +189,37 @@ class _TrainLog:
             handle.write(json.dumps(record) + "\n")
         if self.on_log is not None:
             self.on_log(record)
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", math.inf)
+    except ValueError:  # a line cut short by a kill: dropped
+        return math.inf
+
+
+def check_batch(examples: int, global_batch_size: int, processes: int = 1) -> None:
+    """Refuse a global batch the data cannot fill, or one the processes cannot share."""
+    from ..errors import InputError
+
+    if examples < global_batch_size:
+        raise InputError(f"the data has {examples} training examples, fewer than one global batch of "
+                         f"{global_batch_size}: lower it with --global-batch-size (at most {examples}; "
+                         "in-batch negatives want it large) or add data", field="global_batch_size")
+    if global_batch_size % processes:
+        raise InputError(f"{global_batch_size} is not a multiple of the {processes} processes: each takes an "
+                         "equal share (--global-batch-size)", field="global_batch_size")
+
+
+def changed_model_settings(model, settings: dict) -> list[str]:
+    """A line per setting the run (its preset or --set) changes from what the base model folder
+    recorded (its lamra_settings.json): vectors then differ from the base model's own."""
+    from ..settings import SETTINGS_FILE
+
+    try:
+        recorded = json.loads((Path(model) / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # a hub id, or a folder without recorded settings: nothing to differ from
+    return [f"the run sets {name} = {value!r}, but {model} was made with {name} = {recorded[name]!r} "
+            f"({SETTINGS_FILE}): the trained model uses {value!r}" for name, value in settings.items()
+            if name in recorded and recorded[name] != value]
