@@ -25,6 +25,11 @@ def test_encode_benchmark_passes_when_the_vectors_agree():
     result = load("encode_throughput").main(ENCODE_ARGS)
     assert result["same_vectors"] and result["tolerance"] == 1e-4
     assert all(row["max_abs_diff"] <= 1e-4 and row["min_cosine"] > 0.9999 for row in result["rows"])
+    # The second baseline (plain sorted loop, pre-tokenized) is run, checked and compared with.
+    assert result["sorted_batch_size"] == 256 and result["bf16_peak"] is None  # CPU: no MFU
+    for row in result["rows"]:
+        assert row["sorted_max_abs_diff"] <= 1e-4 and row["sorted_items_per_s"] > 0 and row["vs_sorted"] > 0
+        assert row["text_mfu"] is None
 
 
 def test_encode_benchmark_exits_1_when_its_vectors_differ(monkeypatch, capsys):
@@ -40,6 +45,33 @@ def test_encode_benchmark_exits_1_when_its_vectors_differ(monkeypatch, capsys):
         load("encode_throughput").main(ENCODE_ARGS)
     assert caught.value.code == 1
     assert "FAILED" in capsys.readouterr().err
+
+
+def test_encode_benchmark_exits_1_when_the_sorted_baselines_vectors_differ(capsys):
+    module = load("encode_throughput")
+    real = module.SortedLoop.encode
+
+    def wrong(self, prepared, *args, **kwargs):  # a sorted loop that puts the vectors back out of order
+        return np.roll(real(self, prepared, *args, **kwargs), 1, axis=0)
+
+    module.SortedLoop.encode = wrong
+    with pytest.raises(SystemExit) as caught:
+        module.main(ENCODE_ARGS)
+    assert caught.value.code == 1
+    assert "from the sorted baseline" in capsys.readouterr().err
+
+
+def test_encode_benchmark_profile_prints_lamras_stages_and_restores_the_processor(capsys):
+    from lamra.qwen2vl import processor as processor_module
+
+    load_image = processor_module.load_image
+    result = load("encode_throughput").main([*ENCODE_ARGS, "--profile"])
+    printed = capsys.readouterr().out
+    for stage in ("tokenize + render", "image decode", "image resize + normalize", "collate (rest)", "forward"):
+        assert f"stage {stage}" in printed
+    images = result["rows"][-1]["profile_s"]
+    assert images["image resize + normalize"] > 0 and images["forward"] > 0 and images["end_to_end"] > 0
+    assert processor_module.load_image is load_image  # the timers are gone after the profile
 
 
 SEARCH_ARGS = ["--count", "3000", "--dim", "32", "--queries", "16", "--single", "3", "--bandwidth-gib", "0.02",
