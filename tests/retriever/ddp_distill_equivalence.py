@@ -6,35 +6,30 @@ its positive and 3 candidates with teacher logits.
 """
 
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared torchrun helpers
+from torchrun_steps import lora_retriever, rank_share  # noqa: E402
 
 
 def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
     from accelerate import Accelerator
 
-    from lamra import Item, Retriever
+    from lamra import Item
     from lamra.retriever.collator import RetrievalCollator
     from lamra.retriever.data import Example
     from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
 
     accelerator = Accelerator(cpu=True)
-    retriever = Retriever.from_pretrained(checkpoint, device="cpu")
-    torch.manual_seed(0)
-    retriever.backbone.add_lora(r=4, alpha=8, dropout=0.0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in retriever.backbone.model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    retriever.backbone.train()
+    retriever = lora_retriever(checkpoint)
     colours = ["red", "green", "blue", "yellow"]
     examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i),
                         distill=(tuple(Item(text=f"{c} candidate {j}") for j in range(3)),
                                  (float(3 * i), float(5 - i), float(i * i))))
                 for i, c in enumerate(colours)]
-    share = len(examples) // accelerator.num_processes
-    mine = examples[accelerator.process_index * share : (accelerator.process_index + 1) * share]
+    mine = rank_share(examples, accelerator)
     batch = RetrievalCollator(retriever.processor, text_rule="raw", chunk_size=chunk_size)(mine)
     model = accelerator.prepare(EmbeddingModel(retriever))
     step = gradient_cache_step if chunk_size else plain_step

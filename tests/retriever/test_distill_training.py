@@ -142,22 +142,16 @@ def test_scores_of_another_retriever_or_reranker_are_refused_before_training(tmp
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_two_processes_give_the_distillation_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size):
     """torchrun, gloo, CPU: queries, candidates and teacher logits gathered over 2 ranks equal 1 rank."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from torchrun_steps import run_torchrun
 
     script = Path(__file__).with_name("ddp_distill_equivalence.py")
     results = []
     for processes in (1, 2):
         out = tmp_path / f"ddp{processes}.pt"
-        extra = ["--chunk-size", str(chunk_size)] if chunk_size else []
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                              "--master-port", str(29620 + processes + (10 if chunk_size else 0)), str(script),
-                              str(tiny_checkpoint), str(out), *extra],
-                             capture_output=True, text=True, env=env, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        extra = ["--chunk-size", chunk_size] if chunk_size else []
+        run_torchrun(script, processes, 29620 + processes + (10 if chunk_size else 0), tiny_checkpoint, out, *extra)
         results.append(torch.load(out))
     one, two = results
     assert two["world"] == 2 and one["values"]["kl"] > 0.01

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchrun_steps import run_torchrun
 
 from lamra import Item, Retriever
 from lamra.retriever.collator import RetrievalCollator
@@ -220,13 +221,8 @@ def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path, tiny_checkpo
     results = []
     for processes in (1, 2):
         out = tmp_path / f"ddp{processes}.pt"
-        extra = ["--chunk-size", str(chunk_size)] if chunk_size else []
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                              "--master-port", str(29500 + processes + (10 if chunk_size else 0)), str(script),
-                              str(tiny_checkpoint), str(out), *extra],
-                             capture_output=True, text=True, env=env, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        extra = ["--chunk-size", chunk_size] if chunk_size else []
+        run_torchrun(script, processes, 29500 + processes + (10 if chunk_size else 0), tiny_checkpoint, out, *extra)
         results.append(torch.load(out))
     one, two = results
     assert two["world"] == 2

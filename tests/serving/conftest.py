@@ -116,12 +116,22 @@ def free_port() -> int:
 @contextmanager
 def serve_process(*args, env=None, timeout_s=120.0):
     """``lamra serve ARGS --port P`` in a subprocess (its own interpreter, as deployed): yields its URL."""
+    process, log, url = start_serve(*args, env=env)
+    try:
+        wait_until_up(process, log, url, timeout_s)
+        log.seek(0)
+        process.start_line = log.read().decode()
+        yield url, process
+    finally:
+        stop_serve(process, log)
+
+
+def start_serve(*args, env=None):
+    """Start ``lamra serve ARGS --port P`` (a free port): (process, its log file, its URL)."""
     import os
     import subprocess
     import sys
     import tempfile
-
-    import httpx
 
     port = free_port()
     code = "import sys; from lamra.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -129,29 +139,35 @@ def serve_process(*args, env=None, timeout_s=120.0):
     process = subprocess.Popen([sys.executable, "-c", code, "serve", *map(str, args), "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"lamra serve exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"lamra serve did not answer on {url} within {timeout_s} s")
-            time.sleep(0.1)
-        log.seek(0)
-        process.start_line = log.read().decode()
-        yield url, process
-    finally:
-        process.terminate()
+    return process, log, f"http://127.0.0.1:{port}"
+
+
+def wait_until_up(process, log, url, timeout_s=120.0) -> None:
+    """Until ``/health`` answers; the server's output in the error if it exits or never answers."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"lamra serve exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
         try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"lamra serve did not answer on {url} within {timeout_s} s")
+        time.sleep(0.1)
+
+
+def stop_serve(process, log) -> None:
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    log.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import expect
 from conftest import HOSTILE_TEXT, ODD_ID, FakeReranker, live_server
+from playwright.sync_api import expect
 
 # Debian's chromium; LAMRA_CHROMIUM points elsewhere. Missing, the tests skip - but fail under CI
 # (CI set, as on every CI service), where a skipped browser test would hide a broken setup.

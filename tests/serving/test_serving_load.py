@@ -11,15 +11,13 @@ import asyncio
 import base64
 import json
 import logging
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 
 import httpx
 import numpy as np
+from conftest import start_serve, stop_serve, wait_until_up
+
 from lamra.items import Item
 
 REQUESTS = 50
@@ -70,52 +68,21 @@ def check_answers(responses, expected):
         assert ranked == sorted(ranked, reverse=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def cli_servers(index_path, checkpoint, batch_sizes):
-    """``lamra serve`` in subprocesses (their own GIL, like a real deployment), one per batch size."""
-    code = "import sys; from lamra.cli import main; sys.exit(main(sys.argv[1:]))"
+    """``lamra serve`` in subprocesses (their own GIL, like a real deployment), one per batch size,
+    started together."""
     started = []
     try:
         for batch in batch_sizes:
-            port = free_port()
-            command = [sys.executable, "-c", code, "serve", str(index_path), "--model", str(checkpoint),
-                       "--device", "cpu", "--port", str(port), "--max-batch-size", str(batch)]
-            log = tempfile.TemporaryFile()
-            started.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log,
-                            f"http://127.0.0.1:{port}"))
+            started.append(start_serve(index_path, "--model", checkpoint, "--device", "cpu", "--max-batch-size",
+                                       batch))
         for process, log, url in started:
-            wait_until_up(process, log, url)
+            wait_until_up(process, log, url, timeout_s=90.0)
         yield [url for _, _, url in started]
     finally:
         for process, log, _ in started:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-            log.close()
-
-
-def wait_until_up(process, log, url, timeout_s=90.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"lamra serve exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"lamra serve did not answer on {url} within {timeout_s} s")
+            stop_serve(process, log)
 
 
 def test_fifty_concurrent_requests_batched_and_unbatched(tiny_retriever, tiny_checkpoint, serving_index, image_files,

@@ -8,24 +8,18 @@ FSDP as the config asks (its layer class, FULL_SHARD, original parameters); see 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_steps import run_torchrun
 
 SCRIPT = Path(__file__).with_name("fsdp_equivalence.py")
 CONFIG = Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml"
 
 
 def run(checkpoint, out: Path, port: int, *config) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", str(port), str(SCRIPT), str(checkpoint), str(out), *map(str, config)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_torchrun(SCRIPT, 2, port, checkpoint, out, *config)
     return torch.load(out)
 
 
