@@ -186,14 +186,7 @@ class MilvusIndex(ItemLookup):
         checked before it is sent. ``search_params``: ``nprobe`` (IVF) or ``ef_search`` (HNSW).
         Equal scores come in index order, as from the FAISS backends.
         """
-        queries = np.asarray(query_vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise IncompatibleArtifactError(f"query vectors have shape {queries.shape}; this index holds "
-                                            f"dimension {self.dim} (model {self.manifest.get('model')!r})")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        queries = self._query_matrix(query_vectors, k)
         k = min(k, len(self))
         if k > MAX_TOPK:
             raise ValueError(f"Milvus returns at most {MAX_TOPK} results per query, asked for {k}")

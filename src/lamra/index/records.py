@@ -10,6 +10,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import IncompatibleArtifactError
 from . import files
 from .checks import FINGERPRINT_KEYS
 
@@ -85,6 +86,20 @@ class ItemLookup:
             return self._positions[str(item_id)]
         except KeyError:
             raise KeyError(f"no item with id {item_id!r} in this index") from None
+
+    def _query_matrix(self, query_vectors, k: int):
+        """Query vectors as a (Q, dim) float32 matrix, checked against this index and ``k``."""
+        import numpy as np
+
+        queries = np.asarray(query_vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise IncompatibleArtifactError(f"query vectors have shape {queries.shape}; this index holds "
+                                            f"dimension {self.dim} (model {self.manifest.get('model')!r})")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return queries
 
     def __contains__(self, item_id) -> bool:
         try:

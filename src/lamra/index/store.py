@@ -185,14 +185,7 @@ class Index(ItemLookup):
         id list is then shorter and the missing scores are -inf). ``search_params`` override
         the backend's search settings for this call (``nprobe`` for ivf, ``ef_search`` for hnsw).
         """
-        queries = np.asarray(query_vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise IncompatibleArtifactError(f"query vectors have shape {queries.shape}; this index holds "
-                                            f"dimension {self.dim} (model {self.manifest.get('model')!r})")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        queries = self._query_matrix(query_vectors, k)
         queries = np.ascontiguousarray(queries)
         if search_params.pop("where", None) is not None:
             raise ValueError(f"--where filters need a Milvus index; this one is {self.manifest['backend']} "
