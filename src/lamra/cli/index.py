@@ -89,7 +89,8 @@ def build(
     model, lora = resolve_model(model, lora)
     check_sources(model, lora)
     settings = model_options.settings(model, lora)
-    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit,
+                             show_progress=not quiet)
     _announce_resume(out / WORK, "build", [record["id"] for record in items.records])
     retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
                                settings=settings, quiet=quiet)
@@ -144,7 +145,8 @@ def add(
     check_sources(model, lora)
     settings = model_options.settings(model, lora)
     index = Index.open(index_path, milvus_uri=milvus_uri, milvus_token=milvus_token)
-    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit)
+    items = _open_collection(collection, kind, mbeir_root, skip_bad, settings.image_pixel_limit,
+                             show_progress=not quiet)
     ids = [record["id"] for record in items.records]
     _announce_resume(index_path / WORK, "add", [i for i in ids if i not in index] if skip_existing else ids)
     retriever = load_retriever(model, lora=lora, device=model_options.device, dtype=model_options.dtype,
@@ -352,7 +354,7 @@ def _score(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _open_collection(collection, kind, mbeir_root, skip_bad, pixel_limit=None):
+def _open_collection(collection, kind, mbeir_root, skip_bad, pixel_limit=None, show_progress=False):
     """The collection's records, every image decoded once; every bad line listed (then exit 2
     unless --skip-bad), before a model loads or anything is written."""
     from ..data.collections import check_images, open_collection
@@ -360,7 +362,7 @@ def _open_collection(collection, kind, mbeir_root, skip_bad, pixel_limit=None):
 
     try:  # the lines' problems and the images' together, in one list
         items = open_collection(collection, kind=kind, mbeir_root=mbeir_root, skip_bad=True)
-        items = check_images(items, pixel_limit=pixel_limit, skip_bad=skip_bad)
+        items = check_images(items, pixel_limit=pixel_limit, skip_bad=skip_bad, show_progress=show_progress)
     except BadLinesError as exc:
         for entry in sorted(exc.problems, key=lambda entry: entry.get("line") or 0)[:20]:
             typer.echo(f"error: {entry['error']}", err=True)

@@ -160,26 +160,47 @@ def mbeir_pool(path: Path, *, root: str | os.PathLike | None = None, skip_bad: b
     return collection
 
 
-def check_images(collection: Collection, *, pixel_limit: int | None = None, skip_bad: bool = False) -> Collection:
+CHECK_CHUNK = 1024  # records whose images are decoded together by check_images
+
+
+def check_images(collection: Collection, *, pixel_limit: int | None = None, skip_bad: bool = False,
+                 show_progress: bool = False) -> Collection:
     """Decode every image of ``collection`` once, as ``lamra embed`` does, so that a truncated,
     unreadable or oversized picture is found before a model loads, with its file, line and id.
-    Bad records are all listed: left out into ``bad`` with ``skip_bad``, else one BadLinesError."""
+    Bad records are all listed: left out into ``bad`` with ``skip_bad``, else one BadLinesError.
+    Images are decoded on a few threads (PIL releases the GIL while decoding), with a progress bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..progress import progress_bar
     from ..qwen2vl.images import load_image
     from ..settings import DEFAULT_IMAGE_PIXEL_LIMIT
 
     source = None if collection.kind == "images" else str(collection.source)  # a folder's errors name the image
     field_name = "img_path" if collection.kind == "mbeir" else "image"
-    good, bad = [], []
-    for record in collection.records:
+
+    def problem(record) -> InputError | None:
         try:
             for image in record.get("images") or ([record["image"]] if record.get("image") else []):
                 load_image(image, pixel_limit=pixel_limit or DEFAULT_IMAGE_PIXEL_LIMIT, item=record["id"])
         except InputError as exc:
-            line = collection.lines.get(record["id"])
-            error = InputError(exc.reason, file=source, line=line, item=record["id"], field=field_name)
-            bad.append(_report(error, line))
-            continue
-        good.append(record)
+            return exc
+        return None
+
+    good, bad = [], []
+    with_images = sum(1 for r in collection.records if r.get("images") or r.get("image"))
+    with progress_bar(len(collection.records), "checking images",
+                      enabled=show_progress and with_images > 0) as bar, \
+            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(collection.records), CHECK_CHUNK):  # a bounded number of futures at once
+            chunk = collection.records[start : start + CHECK_CHUNK]
+            for record, exc in zip(chunk, pool.map(problem, chunk)):
+                if exc is None:
+                    good.append(record)
+                    continue
+                line = collection.lines.get(record["id"])
+                bad.append(_report(InputError(exc.reason, file=source, line=line, item=record["id"],
+                                              field=field_name), line))
+            bar.advance(len(chunk))
     bad = sorted(collection.bad + bad, key=lambda entry: entry.get("line") or 0)  # the lines' and the images'
     if bad and (not skip_bad or not good):
         raise BadLinesError(bad, file=str(collection.source),
