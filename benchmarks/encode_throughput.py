@@ -11,6 +11,10 @@ of ``--sorted-batch-size`` (256), only collation and the forward (``Retriever.em
 Each workload reports lamra's ratio over both (``speedup``, ``vs_sorted``) and, where the card's
 bf16 peak is known, text MFU (2 x non-embedding parameters per real token / peak).
 
+``--packing`` runs lamra's path packed (``Retriever.encode(..., packing=True)``: text prompts
+several to a row of ``--packed-tokens``, no padding; items with images stay padded), checked
+against both baselines' vectors like the padded path; ``--images 0`` leaves out the image workload.
+
 ``--profile`` adds a stage breakdown of lamra's path per workload, each stage run on its own
 (no overlap): tokenize + render, image decode, image resize + normalize, the rest of collation,
 forward (host-to-device copy included); their sum against lamra's end-to-end time shows the overlap.
@@ -201,6 +205,8 @@ def profile(name, items, ours, args) -> dict:
 def compare(name, items, ours, baseline, sorted_loop, args) -> dict:
     base_kwargs = dict(batch_size=64)
     our_kwargs = dict(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    if args.packing:
+        our_kwargs.update(packing=True, packed_tokens=args.packed_tokens)
     sorted_kwargs = dict(batch_size=args.sorted_batch_size)
     prepared = ours.prepare(items)  # the sorted baseline's tokenization: outside its timed region
     for retriever, inputs, kwargs in ((baseline, items, base_kwargs), (ours, items, our_kwargs),
@@ -272,10 +278,17 @@ def main(argv=None) -> dict:
                              "2e-2 in bf16 / fp16); beyond it the run fails (exit status 1)")
     parser.add_argument("--profile", action="store_true",
                         help="also print a stage breakdown of lamra's path per workload (simple timers)")
+    parser.add_argument("--packing", action="store_true",
+                        help="lamra's path packed: text prompts several to a row, no padding (images stay padded)")
+    parser.add_argument("--packed-tokens", default="auto", help="tokens per packed row (auto: by device)")
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
     if args.max_batch_tokens != "auto":
         args.max_batch_tokens = int(args.max_batch_tokens)
+    if args.packed_tokens != "auto":
+        args.packed_tokens = int(args.packed_tokens)
+    if args.profile and args.packing:
+        parser.error("--profile breaks down the padded path; leave it out with --packing")
 
     import torch
 
@@ -297,16 +310,19 @@ def main(argv=None) -> dict:
     args.non_embedding_parameters = non_embedding_parameters(backbone)
     print(f"arch={args.arch} device={device} ({machine}) dtype={ours.backbone.dtype} "
           f"tolerance={args.tolerance:g} non-embedding parameters={args.non_embedding_parameters:,} "
-          f"bf16 peak={'n/a' if args.peak is None else f'{args.peak / 1e12:g} TFLOP/s'}", flush=True)
+          f"bf16 peak={'n/a' if args.peak is None else f'{args.peak / 1e12:g} TFLOP/s'} "
+          f"packing={f'on ({args.packed_tokens} tokens per row)' if args.packing else 'off'}", flush=True)
     rows = [
         compare("mixed text (8-400 words)", mixed_texts(args.texts, 8, 400), ours, baseline, sorted_loop, args),
         compare("uniform text (40 words)", mixed_texts(args.texts, 40, 40), ours, baseline, sorted_loop, args),
-        compare(f"images {args.image_size}px", random_images(args.images, args.image_size),
-                ours, baseline, sorted_loop, args),
     ]
+    if args.images:
+        rows.append(compare(f"images {args.image_size}px", random_images(args.images, args.image_size),
+                            ours, baseline, sorted_loop, args))
     failures = check_vectors(rows, args.tolerance)
     result = {"arch": args.arch, "device": device, "machine": machine, "dtype": str(ours.backbone.dtype),
               "tolerance": args.tolerance, "sorted_batch_size": args.sorted_batch_size,
+              "packing": args.packing, "packed_tokens": args.packed_tokens if args.packing else None,
               "non_embedding_parameters": args.non_embedding_parameters, "bf16_peak": args.peak,
               "same_vectors": not failures, "rows": rows}
     if args.out:

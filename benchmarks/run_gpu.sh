@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's benchmark run: reranking (with and without lamra's packed vision attention)
-# and encoding of the real 2B shape (random weights, bf16), then the 7B reranking; training
-# too with WITH_TRAIN=1. PROBE=1 runs the profile of 2026-11-27 instead (torch.profiler of the
-# reranker on image candidates, batches of 16 and 50; encoding with 65,536 tokens per batch).
+# and encoding of the real 2B shape (random weights, bf16; padded, then text packed), then the
+# 7B reranking; training too with WITH_TRAIN=1. PROBE=1 runs the profile of 2026-11-27 instead
+# (torch.profiler of the reranker on image candidates, batches of 16 and 50; encoding with 65,536
+# tokens per batch).
 # Results as json under OUT.
 # Each step has its own time limit so one slow step cannot take the others' time.
 set -u
@@ -27,9 +28,13 @@ step 170 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --out
 # The same image workloads with transformers' per-image vision attention: what packing gains.
 step 70 python3 benchmarks/rerank.py --arch 2b --device cuda --dtype bf16 --only "image candidates" \
     --stock-vision-attention --out "$OUT/rerank_2b_stock_vision.json"
-# Issue 25: against the padded batch-64 loop and the plain sorted batch-256 loop (both timed), with MFU.
-step 200 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 4096 --images 256 \
+# Issue 25: against the padded batch-64 loop and the plain sorted batch-256 loop (both timed), with MFU;
+# then the same text workloads packed (no padding, varlen attention), checked against both loops' vectors.
+# 2,048 texts each (4,096 before packing was added; the two steps fit the old one's 200 s).
+step 115 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 2048 --images 256 \
     --batch-size 256 --sorted-batch-size 256 --repeats 2 --out "$OUT/encode_2b.json"
+step 85 python3 benchmarks/encode_throughput.py --arch 2b --device cuda --dtype bf16 --texts 2048 --images 0 \
+    --batch-size 256 --sorted-batch-size 256 --repeats 2 --packing --out "$OUT/encode_2b_packed.json"
 step 90 python3 benchmarks/rerank.py --arch 7b --device cuda --dtype bf16 --repeats 2 --out "$OUT/rerank_7b.json"
 [ "${WITH_TRAIN:-0}" = 1 ] && step 150 python3 benchmarks/train_throughput.py --arch 2b --device cuda --batch 32 \
     --chunk-size 8 --words 40 --out "$OUT/train_2b.json"

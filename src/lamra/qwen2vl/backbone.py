@@ -48,7 +48,9 @@ _MODEL_CLASSES = {
 }
 # Inputs the language model takes; anything else a collator adds (labels, ids) is not for it.
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw",
-                 "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
+                 "pixel_values_videos", "video_grid_thw", "mm_token_type_ids", "cu_seq_lens_q", "cu_seq_lens_k")
+# A packed row's longest sequence (lamra.retriever.packing): ints, passed as they are.
+_MODEL_INT_INPUTS = ("max_length_q", "max_length_k")
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Backbone:
         """
         device, dtype = self.device, self.dtype
         batch = {k: v.to(device) for k, v in inputs.items() if k in _MODEL_INPUTS}
+        batch.update({k: v for k, v in inputs.items() if k in _MODEL_INT_INPUTS})
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:
                 batch[key] = batch[key].to(dtype)

@@ -15,6 +15,7 @@ from ..qwen2vl.backbone import Backbone, load_backbone
 from ..qwen2vl.batching import plan_batches, prefetch
 from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION, render_prompt
 from ..settings import ModelSettings
+from .packing import check_packing, embed_packed, packed_inputs, plan_packing
 from .pooling import gather_rows, l2_normalize, last_positions
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ class Retriever:
         sort_by_length: bool = True,
         show_progress: bool = True,
         convert_to: str = "numpy",
+        packing: bool = False,
+        packed_tokens: int | str = "auto",
     ):
         """Embed ``items`` into an (N, D) float32 array of unit vectors, in input order.
 
@@ -124,10 +127,16 @@ class Retriever:
         candidates take none. Batches are cut by ``max_batch_tokens`` padded tokens after
         sorting by length (``sort_by_length=False`` and ``max_batch_tokens=None`` give plain
         fixed-size batches in input order). ``"auto"`` picks a budget for the device.
+
+        ``packing=True`` encodes text-only items without padding: several prompts in one row of
+        at most ``packed_tokens`` tokens (``"auto"``: the device's ``max_batch_tokens`` default),
+        the same vectors (:mod:`lamra.retriever.packing`); items with images or videos keep the
+        padded batches. Only under 1-D positions (the lamra-qwen2vl rule set); M-RoPE is refused.
         """
         return self.encode_prepared(self.prepare(items, instruction), batch_size=batch_size,
                                     max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length,
-                                    show_progress=show_progress, convert_to=convert_to)
+                                    show_progress=show_progress, convert_to=convert_to, packing=packing,
+                                    packed_tokens=packed_tokens)
 
     def prepare(self, items: Iterable[Any], instruction: str | Sequence[str | None] | None = None) -> list:
         """Each item's tokenized prompt (a ``PromptInput``: ids, image and video sources), as
@@ -143,20 +152,32 @@ class Retriever:
 
     def encode_prepared(self, prepared: Sequence, *, processor=None, batch_size: int = DEFAULT_BATCH_SIZE,
                         max_batch_tokens: int | str | None = "auto", sort_by_length: bool = True,
-                        show_progress: bool = True, convert_to: str = "numpy"):
+                        show_progress: bool = True, convert_to: str = "numpy", packing: bool = False,
+                        packed_tokens: int | str = "auto"):
         """:meth:`encode` for prompts already tokenized (:meth:`prepare`, or another prompt
         recipe's); ``processor``: the one that tokenized them, for collation (default: the model's)."""
         import torch
 
+        auto_tokens = AUTO_MAX_BATCH_TOKENS.get(self.backbone.device.type, AUTO_MAX_BATCH_TOKENS["cuda"])
         if max_batch_tokens == "auto":
-            max_batch_tokens = AUTO_MAX_BATCH_TOKENS.get(self.backbone.device.type, AUTO_MAX_BATCH_TOKENS["cuda"])
+            max_batch_tokens = auto_tokens
         out = torch.empty((len(prepared), self.dim), dtype=torch.float32)
-        batches = plan_batches([len(p.input_ids) for p in prepared], max_batch_size=batch_size,
+        packed_rows, padded = [], list(range(len(prepared)))
+        if packing:
+            check_packing((processor or self.processor).settings, self.backbone.base_model())
+            packed_rows, padded = plan_packing(prepared, auto_tokens if packed_tokens == "auto" else int(packed_tokens))
+        batches = plan_batches([len(prepared[i].input_ids) for i in padded], max_batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length)
+        batches = [[padded[i] for i in batch] for batch in batches]
         was_training = self.backbone.model.training
         self.backbone.eval()
         try:
             with progress_bar(len(prepared), "encoding", enabled=show_progress and len(prepared) > 0) as bar:
+                for rows in packed_rows:
+                    inputs = packed_inputs([prepared[i] for i in rows])
+                    with torch.inference_mode():
+                        out[rows] = embed_packed(self.backbone, inputs).cpu()
+                    bar.advance(len(rows))
                 collate = (processor or self.processor).collate
                 collated = prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches)
                 for rows, inputs in collated:
