@@ -58,4 +58,10 @@ def test_mining_with_the_pool_in_milvus_equals_the_flat_pool(mbeir, tmp_path):
         assert [d for d, _ in x["top"]] == [d for d, _ in y["top"]], x["qid"]
         np.testing.assert_allclose([s for _, s in x["top"]], [s for _, s in y["top"]], atol=1e-5)
         assert x["negatives"] == y["negatives"]
+        # The positives' cosines, fetched from Milvus by id, equal those from the flat pool's vectors.
+        assert [d for d, _ in x["positive_scores"]] == [d for d, _ in y["positive_scores"]] == x["positives"]
+        np.testing.assert_allclose([s for _, s in x["positive_scores"]], [s for _, s in y["positive_scores"]],
+                                   atol=1e-5)
+        np.testing.assert_allclose([s for _, s in x["positive_scores"]],
+                                   [dict(map(tuple, x["top"]))[d] for d in x["positives"]], atol=1e-5)
     assert not (tmp_path / "milvus.jsonl.work").exists()

@@ -107,9 +107,17 @@ def test_a_small_k_keeps_the_best_and_lists_no_positive_as_negative(mbeir, mined
     full = {line["qid"]: line for line in read_lines(mined_everything[0])}
     out = tmp_path / "k2.jsonl"
     mine(tiny_retriever, mbeir, out, k=2, shard_size=64, show_progress=False)
+    unretrieved = 0
     for line in read_lines(out):
         assert [did for did, _ in line["top"]] == [did for did, _ in full[line["qid"]]["top"][:2]]
         assert not set(line["negatives"]) & set(line["positives"])
+        # Every positive's cosine, retrieved in the top 2 or not, is its score in the full ranking.
+        everything = dict(map(tuple, full[line["qid"]]["top"]))
+        assert [did for did, _ in line["positive_scores"]] == line["positives"]
+        for did, score in line["positive_scores"]:
+            assert score == pytest.approx(everything[did], abs=1e-5), (line["qid"], did)
+        unretrieved += len(set(line["positives"]) - {did for did, _ in line["top"]})
+    assert unretrieved > 0  # the check above covers positives outside the top-k
     assert not (tmp_path / "k2.jsonl.work").exists()
 
 

@@ -101,11 +101,12 @@ def mined(tmp_path_factory):
     lines = []
     for n, query in enumerate(queries):
         top = [query["pos_cand_list"][0]] + query["neg_cand_list"][:3]
-        top = top[n % 2:] + top[: n % 2]  # the positive first or second
+        top = top[n % 4:] + top[: n % 4]  # the positive first, fourth, third or second
+        scores = {d: 0.9 - 0.1 * i for i, d in enumerate(top)}
         lines.append(json.dumps({"qid": query["qid"], "task": f"task{n % 2}", "instruction": None,
-                                 "positives": query["pos_cand_list"],
-                                 "top": [[d, 0.9 - 0.1 * i] for i, d in enumerate(top)],
-                                 "negatives": [d for d in top if d not in query["pos_cand_list"]]}) + "\n")
+                                 "positives": query["pos_cand_list"], "top": [[d, scores[d]] for d in top],
+                                 "negatives": [d for d in top if d not in query["pos_cand_list"]],
+                                 "positive_scores": [[d, scores.get(d, 0.3)] for d in query["pos_cand_list"]]}) + "\n")
     out.write_text("".join(lines))
     summary = {"fingerprint": {"model": "retriever@abc", "adapter": None}}
     Path(str(out) + ".summary.json").write_text(json.dumps(summary))
@@ -142,6 +143,14 @@ def test_scores_are_the_mined_top_k_with_the_rerankers_p_yes(mined, scored, shar
         expected = sharp_reranker.score(queries[scored_query.qid].item(root), [pool[d].item(root) for d, _ in top],
                                         mined_lines[scored_query.qid]["instruction"])
         np.testing.assert_allclose([p for _, _, p in scored_query.candidates], expected, atol=1e-5)
+        # The positives are scored too, retrieved in the top 3 or not, with the mined cosine.
+        positives = mined_lines[scored_query.qid]["positive_scores"]
+        assert [(d, r) for d, r, _ in scored_query.positive_scores] == [(d, pytest.approx(r)) for d, r in positives]
+        expected = sharp_reranker.score(queries[scored_query.qid].item(root),
+                                        [pool[d].item(root) for d, _ in positives],
+                                        mined_lines[scored_query.qid]["instruction"])
+        np.testing.assert_allclose([p for _, _, p in scored_query.positive_scores], expected, atol=1e-5)
+    assert any(r.positive_scores[0][0] not in {d for d, _, _ in r.candidates} for r in records)  # one unretrieved
 
 
 def test_filtered_queries_keep_the_query_lines_with_the_kept_negatives(mined, scored, tmp_path):

@@ -82,7 +82,9 @@ def synthetic(tmp_path_factory):
     return root
 
 
-def scores_file(path, root, retriever: dict, reranker: dict, *, queries: int = 3):
+def scores_file(path, root, retriever: dict, reranker: dict, *, queries: int = 3, positive_scores: bool = False):
+    """Each query's top 4: its first positive, then 3 negatives; with ``positive_scores``, every
+    positive scored (cosine 0.9 - 0.1 n, P(Yes) 0.95 - 0.1 n), as `lamra score-teacher` records them."""
     import json
 
     lines = [json.loads(line) for line in (root / "query" / "union_train" / "mbeir_union_up_train.jsonl")
@@ -92,6 +94,9 @@ def scores_file(path, root, retriever: dict, reranker: dict, *, queries: int = 3
                 "candidates": [[d, 0.8 - 0.1 * n, 0.3 * n] for n, d in enumerate(q["pos_cand_list"][:1]
                                                                                  + q["neg_cand_list"][:3])]}
                for q in lines]
+    if positive_scores:
+        for record in records:
+            record["positive_scores"] = [[d, 0.9 - 0.1 * n, 0.95 - 0.1 * n] for n, d in enumerate(record["positives"])]
     path.write_text("".join(json.dumps(r) + "\n" for r in [header, *records]))
     return path
 
@@ -118,6 +123,34 @@ def test_the_scored_queries_come_with_their_candidates_and_teacher_logits(tmp_pa
     assert example.query.id == dataset.records[1].qid
     no_kl = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_weight=0.0))
     assert no_kl.example(1).distill is None and no_kl.example(1).positive == example.positive  # same draw
+
+
+def test_with_the_positive_the_list_is_the_drawn_positive_then_the_top_k_negatives(tmp_path, synthetic,
+                                                                                     tiny_checkpoint):
+    from lamra.errors import InputError
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.trainer import build_dataset
+
+    ours = {"model": _model_id(str(tiny_checkpoint)), "adapter": None}
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, ours, {"model": "rank@1"}, queries=16, positive_scores=True)
+    dataset = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_with_positive=True))
+    assert dataset.k == 3
+    drawn_later = 0
+    for index, record in enumerate(dataset.records):
+        for epoch in (0, 1):
+            example = dataset.example(index, epoch)
+            candidates, teacher = example.distill
+            negatives = [d for d, _, _ in record.candidates if d not in record.positives]
+            assert [c.id for c in candidates] == [example.positive.id, *negatives[:2]]
+            n = record.positives.index(example.positive.id)
+            assert teacher[0] == pytest.approx((0.9 - 0.1 * n + 0.95 - 0.1 * n) / 2 / 0.05)
+            assert teacher[1:] == pytest.approx([(0.7 + 0.3) / 2 / 0.05, (0.6 + 0.6) / 2 / 0.05])
+            drawn_later += n > 0
+    assert drawn_later  # a positive other than the retrieved one was drawn and scored with its own scores
+    without = scores_file(tmp_path / "old.jsonl", synthetic, ours, {"model": "rank@1"})
+    with pytest.raises(InputError, match="needs its scores") as error:
+        build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, without, distill_with_positive=True))
+    assert (error.value.file, error.value.line, error.value.field) == (str(without), 2, "positive_scores")
 
 
 def test_scores_of_another_retriever_or_reranker_are_refused_before_training(tmp_path, synthetic, tiny_checkpoint):

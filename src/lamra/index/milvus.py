@@ -166,9 +166,14 @@ class MilvusIndex(ItemLookup):
 
     def vectors(self) -> np.ndarray:
         """All stored vectors (N, dim) as float32, in index order (fetched from Milvus)."""
-        out = np.empty((len(self), self.dim), dtype=np.float32)
-        for start in range(0, len(self), _QUERY_BATCH):
-            chunk = self._ids[start:start + _QUERY_BATCH]
+        return self.vectors_of(self._ids)
+
+    def vectors_of(self, ids: list[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` (N, dim) as float32, in that order (fetched from Milvus)."""
+        ids = [str(i) for i in ids]
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(ids), _QUERY_BATCH):
+            chunk = ids[start:start + _QUERY_BATCH]
             found = {str(r["id"]): r["vector"] for r in self.client.get(self.collection, ids=chunk,
                                                                          output_fields=["vector"])}
             missing = [i for i in chunk if i not in found]

@@ -16,11 +16,13 @@ Here the same, through the index layer (:meth:`lamra.index.Index.build` / ``sear
 - output: one json line per query, in query-file order (:class:`MinedQuery`)::
 
     {"qid": "9:12", "task": "mscoco_task0", "instruction": "...", "positives": ["9:3"],
-     "top": [["9:3", 0.8125], ["9:77", 0.6406], ...], "negatives": ["9:77", ...]}
+     "top": [["9:3", 0.8125], ["9:77", 0.6406], ...], "negatives": ["9:77", ...],
+     "positive_scores": [["9:3", 0.8125]]}
 
   ``top`` is the top-k with cosine scores, best first (positives included, as retrieved);
   ``negatives`` is ``top`` without the positives, in rank order. A positive is never listed
-  as a negative.
+  as a negative. ``positive_scores``: every positive's cosine, retrieved or not (reranker
+  distillation puts the positive in the list it distils, :mod:`lamra.retriever.distill`).
 
 Resumable: the pool and the queries are encoded by ``Index.build`` in checkpointed shards
 under ``OUT.work/``, and each task's results are written there atomically when its search
@@ -76,10 +78,14 @@ class MinedQuery:
     task: str | None = None
     instruction: str | None = None
     line: int | None = None
+    positive_scores: list[tuple[str, float]] | None = None  # every positive's cosine (older files: none)
 
     def to_record(self) -> dict:
-        return {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
-                "top": [[did, round(float(score), 6)] for did, score in self.top], "negatives": self.negatives}
+        record = {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
+                  "top": [[did, round(float(score), 6)] for did, score in self.top], "negatives": self.negatives}
+        if self.positive_scores is not None:
+            record["positive_scores"] = [[did, round(float(score), 6)] for did, score in self.positive_scores]
+        return record
 
 
 @dataclass
@@ -91,11 +97,15 @@ class MiningSummary:
 
 
 def mined_query(qid: str, positives: Sequence[str], ranked: Sequence[str], scores: Sequence[float], *,
-                task: str | None = None, instruction: str | None = None) -> MinedQuery:
-    """The record of one query: its top-k as retrieved, and the negatives (top-k minus positives)."""
+                task: str | None = None, instruction: str | None = None,
+                positive_scores: Sequence[float] | None = None) -> MinedQuery:
+    """The record of one query: its top-k as retrieved, the negatives (top-k minus positives) and,
+    when given, every positive's cosine (``positive_scores``, in the order of ``positives``)."""
     wanted = set(positives)
     top = [(did, float(score)) for did, score in zip(ranked, scores)]
-    return MinedQuery(qid, list(positives), top, [did for did, _ in top if did not in wanted], task, instruction)
+    scored = None if positive_scores is None else [(d, float(s)) for d, s in zip(positives, positive_scores)]
+    return MinedQuery(qid, list(positives), top, [did for did, _ in top if did not in wanted], task, instruction,
+                      positive_scores=scored)
 
 
 def read_mined(path: str | os.PathLike) -> dict[str, MinedQuery]:
@@ -129,8 +139,17 @@ def read_mined(path: str | os.PathLike) -> dict[str, MinedQuery]:
         if set(negatives) & set(positives):
             raise InputError(f"lists positive(s) {sorted(set(negatives) & set(positives))} as negatives",
                              field="negatives", **where)
+        positive_scores = record.get("positive_scores")
+        if positive_scores is not None and (
+                not isinstance(positive_scores, list)
+                or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[1], (int, float))
+                           for e in positive_scores)
+                or sorted(e[0] for e in positive_scores) != sorted(positives)):
+            raise InputError("positive_scores must be a [did, score] pair for each positive", field="positive_scores",
+                             **where)
         out[qid] = MinedQuery(qid, positives, [(d, float(s)) for d, s in top], negatives, record.get("task"),
-                              record.get("instruction"), line)
+                              record.get("instruction"), line,
+                              None if positive_scores is None else [(d, float(s)) for d, s in positive_scores])
     return out
 
 
@@ -348,6 +367,12 @@ class _Vectors:
             self._queries = self.query_index.vectors()
         return self._queries
 
+    def candidates(self, dids: list[str]) -> np.ndarray:
+        """The pool vectors of ``dids`` (N, dim): fetched by id from Milvus, not the whole pool."""
+        if self.pool_index.manifest["backend"] == "milvus":
+            return self.pool_index.vectors_of(dids)
+        return self.pool()[[self.pool_index.position(did) for did in dids]]
+
 
 def _search_task(name: str, rows: list[int], plan: _Plan, vectors: _Vectors, k: int, results: Path) -> dict:
     """Search one task's queries in its pool (unless a previous run did) and write its results."""
@@ -366,11 +391,15 @@ def _search_task(name: str, rows: list[int], plan: _Plan, vectors: _Vectors, k: 
             index = Index.from_vectors(vectors.pool()[members], [plan.candidates[n].did for n in members],
                                        pool_index.fingerprint(), dtype="float32")
         scores, ranked = index.search(vectors.queries()[rows], k=k, **where)
+        positive_dids = sorted({did for row in rows for did in plan.queries[row].positives})
+        positive_vectors = dict(zip(positive_dids, vectors.candidates(positive_dids)))
         lines = []
         for row, row_scores, row_ids in zip(rows, scores, ranked):
             query = plan.queries[row]
+            positive_scores = (np.stack([positive_vectors[did] for did in query.positives]) @ vectors.queries()[row]
+                               if query.positives else [])
             mined = mined_query(query.qid, query.positives, row_ids, row_scores, task=name,
-                                instruction=plan.instructions[row])
+                                instruction=plan.instructions[row], positive_scores=positive_scores)
             lines.append(json.dumps(mined.to_record(), ensure_ascii=False) + "\n")
         atomic_write_bytes(done, "".join(lines).encode("utf-8"))
         logger.info("%s: mined the top %d of %d queries in a pool of %d", name, k, len(rows), len(index))

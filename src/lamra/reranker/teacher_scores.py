@@ -92,13 +92,17 @@ def score_teacher(reranker, root: str | os.PathLike, mined: str | os.PathLike, o
     records = [r for r in records if r.qid in chosen]
     items = _query_items(root, queries, {r.qid for r in records}, mined)
     pool_file = Path(pool) if pool else MBEIRLayout(root).global_pool("train")
-    needed = {did for r in records for did, _ in r.top[:k]}
+    needed = {did for r in records for did, _ in r.top[:k]} | {did for r in records for did in r.positives}
     candidates = {c.did: c.item(root) for c in iter_candidates(pool_file) if c.did in needed}
     for record in records:
         missing = [did for did, _ in record.top[:k] if did not in candidates]
         if missing:
             raise InputError(f"mined candidate {missing[0]!r} is not in {pool_file}", file=str(mined),
                              line=record.line, item=record.qid, field="top")
+        missing = [did for did, _ in record.positive_scores or [] if did not in candidates]
+        if missing:
+            raise InputError(f"positive {missing[0]!r} is not in {pool_file}", file=str(mined),
+                             line=record.line, item=record.qid, field="positive_scores")
     plan = {"format": TEACHER_FORMAT, "retriever": mined_retriever(mined), "reranker": reranker.fingerprint(),
             "k": k, "fraction": fraction, "seed": seed, "mined": str(mined.resolve()),
             "mined_sha256": file_sha256(mined), "pool": str(pool_file.resolve()), "queries": len(records),
@@ -116,11 +120,16 @@ def score_teacher(reranker, root: str | os.PathLike, mined: str | os.PathLike, o
                 lines = []
                 for record in part:
                     top = record.top[:k]
-                    scores = reranker.score(items[record.qid], [candidates[did] for did, _ in top],
+                    # The positives the top-k misses are scored too, in the same call (shared prefix).
+                    extra = [(did, ret) for did, ret in record.positive_scores or []
+                             if did not in {d for d, _ in top}]
+                    scores = reranker.score(items[record.qid], [candidates[did] for did, _ in top + extra],
                                             record.instruction, batch_size=batch_size)
-                    scored = TeacherRecord(record.qid, record.positives,
-                                           [(did, ret, float(p)) for (did, ret), p in zip(top, scores)],
-                                           record.task, record.instruction)
+                    scored_by_did = {did: (did, ret, float(p)) for (did, ret), p in zip(top + extra, scores)}
+                    positive_scores = None if record.positive_scores is None else \
+                        [scored_by_did[did] for did, _ in record.positive_scores]
+                    scored = TeacherRecord(record.qid, record.positives, [scored_by_did[did] for did, _ in top],
+                                           record.task, record.instruction, positive_scores=positive_scores)
                     lines.append(json.dumps(scored.to_record(), ensure_ascii=False) + "\n")
                 atomic_write_bytes(path, "".join(lines).encode("utf-8"))
             bar.advance(len(part))

@@ -10,7 +10,9 @@ log-softmax on both sides instead of ``log(softmax + 1e-8)``. docs/training.md s
 values U-MARVEL used and which differ.
 
 This module also gives training its examples: :class:`DistillDataset` (the scored queries of a
-teacher-scores file, each with its k candidates and their teacher logits).
+teacher-scores file, each with its k candidates and their teacher logits; with
+``with_positive``, the example's positive first and the top-k's first k - 1 negatives, as
+U-MARVEL's ``has_distill_with_pos`` puts the positive in the list).
 """
 
 from __future__ import annotations
@@ -72,21 +74,24 @@ class DistillDataset:
     today) with ``distill``: its first ``top_k`` candidates and their teacher logits.
 
     Every record is cut to the same k (the smallest list, at most ``top_k``) so a batch is one
-    (B, K) block. The file is refused if another retriever or reranker made it
-    (``retriever`` / ``reranker``: fingerprints to compare, see
-    :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
+    (B, K) block. ``with_positive``: the list is the positive the example drew (scored in the
+    file's ``positive_scores``, retrieved or not) and the first k - 1 negatives of the top-k, so
+    the KL term also ranks the positive against the hard negatives. The file is refused if
+    another retriever or reranker made it (``retriever`` / ``reranker``: fingerprints to compare,
+    see :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
     same examples without them: the same recipe without the KL term, at InfoNCE's cost.
     """
 
     def __init__(self, base, scores: str | os.PathLike, *, top_k: int = 50, retrieval_weight: float = 1.0,
                  rerank_weight: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
-                 retriever: dict | None = None, reranker: dict | None = None, candidates: bool = True):
+                 retriever: dict | None = None, reranker: dict | None = None, candidates: bool = True,
+                 with_positive: bool = False):
         from ..data.mbeir import iter_candidates
         from ..errors import InputError
         from ..training.distill_data import check_teacher_models, read_teacher_scores
         from .data import candidate_problems, mbeir_item, raise_problems
 
-        self.base, self.path, self.candidates = base, Path(scores), candidates
+        self.base, self.path, self.candidates, self.with_positive = base, Path(scores), candidates, with_positive
         header, records = read_teacher_scores(self.path)
         check_teacher_models(header, self.path, retriever=retriever, reranker=reranker)
         row_of = {query.qid: row for row, query in enumerate(base.queries)}
@@ -94,7 +99,16 @@ class DistillDataset:
             if record.qid not in row_of:
                 raise InputError("a scored query that is not among the training queries", file=str(self.path),
                                  line=record.line, item=record.qid, field="qid")
-        self.k = min(top_k, *(len(r.candidates) for r in records))
+            if with_positive and record.positive_scores is None:
+                raise InputError("distilling with the positive needs its scores, and this line has none: mine and "
+                                 "score again (`lamra mine`, `lamra score-teacher` record them)", file=str(self.path),
+                                 line=record.line, item=record.qid, field="positive_scores")
+        if with_positive:  # the positive, then the top-k's negatives in rank order
+            self._lists = {r.qid: [c for c in r.candidates if c[0] not in set(r.positives)] for r in records}
+            self.k = min(top_k, *(1 + len(self._lists[r.qid]) for r in records))
+        else:
+            self._lists = {r.qid: r.candidates for r in records}
+            self.k = min(top_k, *(len(r.candidates) for r in records))
         if self.k < 2:
             raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",
                              file=str(self.path), field="candidates")
@@ -102,27 +116,35 @@ class DistillDataset:
             logger.warning("%s: distilling over the top %d (the shortest list), not %d", self.path, self.k, top_k)
         self.rows = [row_of[r.qid] for r in records]
         self.records = records
-        needed = {did for r in records for did, _, _ in r.candidates[: self.k]}
+        listed = self.k - 1 if with_positive else self.k
+        needed = {did for r in records for did, _, _ in self._lists[r.qid][:listed]}
         pool = {c.did: c for c in iter_candidates(base.pool_file) if c.did in needed}
-        missing = [(r, did) for r in records for did, _, _ in r.candidates[: self.k] if did not in pool]
+        missing = [(r, did) for r in records for did, _, _ in self._lists[r.qid][:listed] if did not in pool]
         if missing:
             record, did = missing[0]
             raise InputError(f"candidate {did!r} is not in {base.pool_file} ({len(missing)} missing)",
                              file=str(self.path), line=record.line, item=record.qid, field="candidates")
         raise_problems(candidate_problems(pool.values(), base.pool_file, base.root), "the distilled candidates")
         self._items = {did: mbeir_item(base.root, did, c.text, c.image) for did, c in pool.items()}
-        self._teacher = [tuple(float(v) for v in teacher_logits(
-            torch.tensor([ret for _, ret, _ in r.candidates[: self.k]]),
-            torch.tensor([p for _, _, p in r.candidates[: self.k]]),
-            retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature))
-            for r in records]
+        self._weights = dict(retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature)
+        self._teacher = [self._logits(self._lists[r.qid][:listed]) for r in records]
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _logits(self, scored) -> tuple[float, ...]:
+        return tuple(float(v) for v in teacher_logits(torch.tensor([ret for _, ret, _ in scored]),
+                                                      torch.tensor([p for _, _, p in scored]), **self._weights))
+
     def example(self, index: int, epoch: int = 0):
         record = self.records[index]
+        example = self.base.example(self.rows[index], epoch)
         if not self.candidates:
-            return self.base.example(self.rows[index], epoch)
-        candidates = tuple(self._items[did] for did, _, _ in record.candidates[: self.k])
-        return replace(self.base.example(self.rows[index], epoch), distill=(candidates, self._teacher[index]))
+            return example
+        listed = self.k - 1 if self.with_positive else self.k
+        candidates = tuple(self._items[did] for did, _, _ in self._lists[record.qid][:listed])
+        teacher = self._teacher[index]
+        if self.with_positive:  # the positive this example drew, with its own scores
+            positive = next(s for s in record.positive_scores if s[0] == example.positive.id)
+            candidates, teacher = (example.positive, *candidates), self._logits([positive]) + teacher
+        return replace(example, distill=(candidates, teacher))

@@ -35,6 +35,7 @@ class RetrieverTrainingArgs:
     distill_retrieval_weight: float = 1.0  # teacher = (this * S_ret + distill_rerank_weight * P(Yes)) / 2
     distill_rerank_weight: float = 1.0     # U-MARVEL: 1 (0.5 / 0.1 for MSCOCO's two tasks)
     distill_reranker: str | None = None  # the reranker that made the file: checked against it when given
+    distill_with_positive: bool = False  # the positive first in the distilled list (U-MARVEL: has_distill_with_pos)
     # model
     lora_r: int = 64
     lora_alpha: int = 128

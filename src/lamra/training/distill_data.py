@@ -5,11 +5,14 @@ One json line per scored training query, after a header line::
     {"format": "lamra-teacher-scores-1", "retriever": {...}, "reranker": {...}, "k": 50,
      "fraction": 0.1, "seed": 42, "mined": "...", "mined_sha256": "...", "queries": 60}
     {"qid": "9:12", "task": "mscoco_task0", "instruction": "...", "positives": ["9:3"],
-     "candidates": [["9:3", 0.8125, 0.9921], ["9:77", 0.6406, 0.0312], ...]}
+     "candidates": [["9:3", 0.8125, 0.9921], ["9:77", 0.6406, 0.0312], ...],
+     "positive_scores": [["9:3", 0.8125, 0.9921]]}
 
 ``candidates`` is the query's top-k as the retriever ranked it (positives included, as
 retrieved), each with the retriever's cosine and the reranker's P(Yes) (read as the official
-evaluation reads it). ``retriever`` and ``reranker`` are the two models' fingerprints: a file
+evaluation reads it). ``positive_scores``: the same two scores for every positive, retrieved
+or not (when the mined file has the positives' cosines), for distillation with the positive in
+the list (U-MARVEL's ``has_distill_with_pos``). ``retriever`` and ``reranker`` are the two models' fingerprints: a file
 is refused by a training run that starts from another retriever or names another reranker.
 
 Both sides use it (the reranker writes it, the retriever's training reads it), so it lives here.
@@ -17,7 +20,6 @@ Both sides use it (the reranker writes it, the retriever's training reads it), s
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -38,11 +40,18 @@ class TeacherRecord:
     task: str | None = None
     instruction: str | None = None
     line: int | None = None
+    positive_scores: list[tuple[str, float, float]] | None = None  # every positive: (did, cosine, P(Yes))
 
     def to_record(self) -> dict:
-        return {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
-                "candidates": [[did, round(float(ret), 6), round(float(rank), 6)]
-                               for did, ret, rank in self.candidates]}
+        record = {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
+                  "candidates": _rounded(self.candidates)}
+        if self.positive_scores is not None:
+            record["positive_scores"] = _rounded(self.positive_scores)
+        return record
+
+
+def _rounded(scored: list[tuple[str, float, float]]) -> list[list]:
+    return [[did, round(float(ret), 6), round(float(rank), 6)] for did, ret, rank in scored]
 
 
 def read_teacher_scores(path: str | os.PathLike) -> tuple[dict, list[TeacherRecord]]:
@@ -86,17 +95,27 @@ def _record(record: dict, seen: dict[str, int], where: dict) -> TeacherRecord:
     positives, candidates = record.get("positives"), record.get("candidates")
     if not isinstance(positives, list) or not positives or not all(isinstance(d, str) for d in positives):
         raise InputError("positives must be a non-empty list of did strings", field="positives", **where)
-    if not isinstance(candidates, list) or not candidates or not all(
+    candidates = _scored_list(candidates, "candidates", where)
+    positive_scores = record.get("positive_scores")
+    if positive_scores is not None:
+        positive_scores = _scored_list(positive_scores, "positive_scores", where)
+        if sorted(did for did, _, _ in positive_scores) != sorted(positives):
+            raise InputError("positive_scores must score each positive once", field="positive_scores", **where)
+    return TeacherRecord(qid, positives, candidates, record.get("task"), record.get("instruction"), where["line"],
+                         positive_scores)
+
+
+def _scored_list(values, name: str, where: dict) -> list[tuple[str, float, float]]:
+    """A checked list of [did, retriever score, reranker P(Yes)] entries."""
+    if not isinstance(values, list) or not values or not all(
             isinstance(c, list) and len(c) == 3 and isinstance(c[0], str)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c[1:]) for c in candidates):
-        raise InputError("candidates must be a non-empty list of [did, retriever score, reranker P(Yes)]",
-                         field="candidates", **where)
-    for did, _, probability in candidates:
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c[1:]) for c in values):
+        raise InputError(f"{name} must be a non-empty list of [did, retriever score, reranker P(Yes)]", field=name,
+                         **where)
+    for did, _, probability in values:
         if not 0.0 <= probability <= 1.0:
-            raise InputError(f"reranker P(Yes) of {did!r} is {probability}, outside [0, 1]", field="candidates",
-                             **where)
-    return TeacherRecord(qid, positives, [(d, float(r), float(p)) for d, r, p in candidates], record.get("task"),
-                         record.get("instruction"), where["line"])
+            raise InputError(f"reranker P(Yes) of {did!r} is {probability}, outside [0, 1]", field=name, **where)
+    return [(d, float(r), float(p)) for d, r, p in values]
 
 
 def check_teacher_models(header: dict, path: str | os.PathLike, *, retriever: dict | None = None,
