@@ -72,6 +72,8 @@ def build(
     skip_bad: bool = SKIP_BAD,
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes decoding and preparing the images of each "
+                                "batch (0: one thread; the vectors do not depend on it). FAISS backends only."),
     quiet: bool = QUIET,
     *,
     model_options: ModelOptions,
@@ -104,6 +106,8 @@ def build(
                       index_type=milvus_index, source=str(collection.resolve()))
     elif any(v is not None for v in (milvus_uri, milvus_collection, milvus_index)):
         _usage_error("--milvus-uri, --milvus-collection and --milvus-index need --backend milvus")
+    if workers:
+        params["num_workers"] = workers
     try:
         index = Index.build(items.records, retriever, out, backend=backend, dtype=vector_dtype,
                             shard_size=shard_size, show_progress=not quiet, skip_bad=skip_bad,

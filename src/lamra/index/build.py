@@ -12,6 +12,11 @@ Instructions are data: ``instruction`` is one string for every item, or one per 
 for an item that takes none, like a candidate); each shard hands its items' own instructions to
 ``retriever.encode(items, instruction=[...])``. They change the vectors, so the plan (and the
 finished index's manifest) records their hash and a resumed build must use the same ones.
+
+The per-shard work is hidden behind the encoding: with lamra's retriever (``prepare`` /
+``encode_prepared``) the next shard is tokenized in a background thread while the current one
+encodes, and each shard's files are written in another while the next one encodes (one write
+pending at most; a shard still counts as done only once its ``.npy``, written last, is there).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -95,7 +101,7 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
                 shard_size: int = 1024, show_progress: bool = True, skip_bad: bool = False,
                 batch_size: int | None = None, max_batch_tokens: int | None = None,
                 instruction: str | Sequence[str | None] | None = None,
-                skip_hint: str | None = SKIP_HINT, **backend_params):
+                skip_hint: str | None = SKIP_HINT, num_workers: int | None = None, **backend_params):
     """See :meth:`Index.build`, which passes itself as ``cls`` (so this module needs no import of
     the store). ``skip_hint``: what a bad item's error suggests (None: nothing)."""
     path = Path(path)
@@ -117,7 +123,7 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
         if rank == 0 and path.is_dir() and not (path / WORK).is_dir() and any(p.name != WORK for p in path.iterdir()):
             raise InputError("folder exists and is not a lamra index (nor an interrupted build); "
                              "choose another --out", file=str(path))
-        encode = _encoder(retriever, batch_size, max_batch_tokens)
+        encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers)
         merged = _run_shards(entries, encode, path / WORK, plan, show_progress=show_progress, skip_bad=skip_bad,
                              skip_hint=skip_hint, dtype=dtype,
                              dim=int(getattr(retriever, "dim", None) or fingerprint["dim"]))
@@ -139,7 +145,7 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
 def add_items(index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024,
               skip_bad: bool = False, skip_existing: bool = False, batch_size: int | None = None,
               max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
-              skip_hint: str | None = SKIP_HINT) -> None:
+              skip_hint: str | None = SKIP_HINT, num_workers: int | None = None) -> None:
     """See :meth:`Index.add`."""
     fingerprint = retriever.fingerprint()
     check_fingerprint(index.manifest, fingerprint, where=str(index.path or "(in memory)"))
@@ -154,7 +160,7 @@ def add_items(index, items, retriever, *, show_progress: bool = True, shard_size
         logger.info("nothing to add")
         return
     check_new_ids([e.item.id for e in entries], index)
-    encode = _encoder(retriever, batch_size, max_batch_tokens)
+    encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers)
     if index.path is None:
         vectors, kept, bad = _encode_entries(entries, encode, skip_bad, index.dim, skip_hint)
         index.add_vectors(vectors, [entries[i].item.id for i in kept], [entries[i].meta for i in kept])
@@ -285,21 +291,52 @@ def _run_shards(entries: list[Entry], encode, work: Path, plan: dict, *, show_pr
     mine = range(rank, n_shards, world)
     todo = [s for s in mine if not (work / "shards" / f"{s:05d}.npy").is_file()]
     my_items = sum(len(entries[s * shard_size:(s + 1) * shard_size]) for s in mine)
-    with progress_bar(my_items, "indexing", enabled=show_progress and rank == 0) as bar:
+    chunks = [entries[s * shard_size:(s + 1) * shard_size] for s in todo]
+    # Two background threads: one tokenizes the next shard, one writes the last shard's files. On
+    # any error (or a kill signal) leaving the block waits for both, so a shard whose vectors were
+    # made is still written whole, as when the write came before the next shard's encoding.
+    with progress_bar(my_items, "indexing", enabled=show_progress and rank == 0) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="lamra-tokenize") as tokenizer, \
+            ThreadPoolExecutor(1, thread_name_prefix="lamra-write") as writer:
         bar.advance(sum(len(entries[s * shard_size:(s + 1) * shard_size]) for s in mine if s not in todo))
-        for shard in todo:
-            chunk = entries[shard * shard_size:(shard + 1) * shard_size]
-            vectors, kept, bad = _encode_entries(chunk, encode, skip_bad, dim, skip_hint)
-            stem = work / "shards" / f"{shard:05d}"
+        prompts = _tokenize_ahead(tokenizer, encode, chunks)
+        written: Future | None = None
+        for shard, chunk in zip(todo, chunks):
+            vectors, kept, bad = _encode_entries(chunk, encode, skip_bad, dim, skip_hint, next(prompts))
+            if written is not None:
+                written.result()  # one write pending at most; its error (a full disk) stops the build here
             record = {"ids": [chunk[i].item.id for i in kept], "bad": bad}
-            atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record).encode())
-            atomic_write_bytes(stem.with_suffix(".npy"), npy_bytes(vectors))  # the shard is done
-            logger.info("rank %d: shard %d/%d written (%d items)", rank, shard + 1, n_shards, len(kept))
+            written = writer.submit(_write_shard, work, shard, record, vectors, f"rank {rank}: shard {shard + 1}/"
+                                    f"{n_shards} written ({len(kept)} items)")
             bar.advance(len(chunk))
+        if written is not None:
+            written.result()
     distributed.barrier()
     if rank != 0:
         return None
     return _merge_shards(entries, work, n_shards, shard_size, dtype)
+
+
+def _write_shard(work: Path, shard: int, record: dict, vectors: np.ndarray, message: str) -> None:
+    stem = work / "shards" / f"{shard:05d}"
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record).encode())
+    atomic_write_bytes(stem.with_suffix(".npy"), npy_bytes(vectors))  # the shard is done
+    logger.info(message)
+
+
+def _tokenize_ahead(pool: ThreadPoolExecutor, encode, chunks: list[list[Entry]]):
+    """Each chunk's prompts (``encode.prepare``), the next one tokenized in ``pool`` while the
+    caller encodes this one; None for each chunk when the encoder cannot tokenize apart."""
+    prepare = getattr(encode, "prepare", None)
+    if prepare is None:
+        yield from (None for _ in chunks)
+        return
+    pending = pool.submit(prepare, chunks[0]) if chunks else None
+    for number in range(len(chunks)):
+        prompts = pending.result()
+        if number + 1 < len(chunks):
+            pending = pool.submit(prepare, chunks[number + 1])
+        yield prompts
 
 
 def _merge_shards(entries, work: Path, n_shards: int, shard_size: int, dtype: str):
@@ -320,13 +357,18 @@ def _merge_shards(entries, work: Path, n_shards: int, shard_size: int, dtype: st
     return np.concatenate(blocks), kept, bad
 
 
-def _encoder(retriever, batch_size, max_batch_tokens):
-    """``encode(entries)``: the entries' items, with their instructions when any has one."""
+def _encoder(retriever, batch_size, max_batch_tokens, num_workers=None):
+    """``encode(entries)``: the entries' items, with their instructions when any has one (and,
+    for a retriever that tokenizes apart, ``encode.prepare``: see :class:`_PreparingEncoder`)."""
     options: dict[str, Any] = {"show_progress": False}
     if batch_size is not None:
         options["batch_size"] = batch_size
     if max_batch_tokens is not None:
         options["max_batch_tokens"] = max_batch_tokens
+    if num_workers:
+        options["num_workers"] = num_workers
+    if callable(getattr(retriever, "prepare", None)) and callable(getattr(retriever, "encode_prepared", None)):
+        return _PreparingEncoder(retriever, options)
 
     def encode(entries: list[Entry]):
         items = [e.item for e in entries]
@@ -338,13 +380,45 @@ def _encoder(retriever, batch_size, max_batch_tokens):
     return encode
 
 
-def _encode_entries(entries: list[Entry], encode, skip_bad: bool, dim: int, skip_hint: str | None = SKIP_HINT):
-    """Encode entries; with ``skip_bad`` leave out (and report) items that fail to load."""
+class _PreparingEncoder:
+    """``encode(entries)`` for lamra's retriever, whose ``encode`` is ``encode_prepared(prepare(...))``:
+    a shard's prompts can be tokenized apart (``prepare``, in a background thread) and handed back,
+    ``encode(entries, prompts)``, with the same vectors and the same errors in the same order."""
+
+    def __init__(self, retriever, options: dict):
+        self.retriever, self.options = retriever, options
+
+    def prepare(self, entries: list[Entry]) -> list:
+        """One prompt per entry, or the InputError its tokenization raised (an unreadable image
+        header...), kept in its place and raised when the shard is encoded, as ``encode`` would."""
+        prompts = []
+        for entry in entries:
+            try:
+                prompts.append(self.retriever.prepare([entry.item], entry.instruction)[0])
+            except InputError as exc:
+                prompts.append(exc)
+        return prompts
+
+    def __call__(self, entries: list[Entry], prompts: list | None = None):
+        if prompts is None:
+            prompts = self.prepare(entries)
+        error = next((p for p in prompts if isinstance(p, InputError)), None)
+        if error is not None:
+            raise error
+        return self.retriever.encode_prepared(prompts, **self.options)
+
+
+def _encode_entries(entries: list[Entry], encode, skip_bad: bool, dim: int, skip_hint: str | None = SKIP_HINT,
+                    prompts: list | None = None):
+    """Encode entries; with ``skip_bad`` leave out (and report) items that fail to load.
+    ``prompts``: the entries' prompts, tokenized ahead (``encode.prepare``)."""
     pending = list(range(len(entries)))
     bad: list[dict] = []
     while pending:
         try:
-            vectors = np.asarray(encode([entries[i] for i in pending]), dtype=np.float32)
+            subset = [entries[i] for i in pending]
+            vectors = np.asarray(encode(subset) if prompts is None else encode(subset, [prompts[i] for i in pending]),
+                                 dtype=np.float32)
             return vectors, pending, bad
         except InputError as exc:
             culprit = next((n for n, i in enumerate(pending) if entries[i].item.id == exc.item), None)

@@ -87,7 +87,8 @@ class Index(ItemLookup):
     @classmethod
     def build(cls, items: Iterable[Any], retriever, path, *, backend: str = "flat", dtype: str | None = None,
               shard_size: int = 1024, show_progress: bool = True,
-              instruction: str | Sequence[str | None] | None = None, **backend_params) -> "Index":
+              instruction: str | Sequence[str | None] | None = None, num_workers: int = 0,
+              **backend_params) -> "Index":
         """Encode ``items`` (each with an id) into a new index folder at ``path``.
 
         ``instruction``: one instruction for every item (e.g. queries of one task), or a
@@ -99,7 +100,8 @@ class Index(ItemLookup):
         of the shards and rank 0 writes the index. Extra keyword arguments: ``skip_bad``
         (leave out items whose image is unreadable, listed in the manifest), ``batch_size``,
         ``max_batch_tokens`` and the backend's parameters (``nlist``, ``nprobe``, ``M``,
-        ``ef_search``, ``encoding`` ...).
+        ``ef_search``, ``encoding`` ...). ``num_workers``: processes collating each shard's
+        batches (``Retriever.encode(num_workers=...)``; 0: a thread, as by default).
 
         ``backend="milvus"``: the vectors go to a Milvus collection (:mod:`lamra.index.milvus`;
         ``milvus_uri`` - default an embedded database in the folder -, ``milvus_token``,
@@ -107,6 +109,8 @@ class Index(ItemLookup):
         and to float16 for the FAISS backends.
         """
         if backend == "milvus":
+            if num_workers:
+                raise ValueError("num_workers is not supported with backend='milvus' yet")
             from .milvus import MilvusIndex
             from .milvus_build import build_milvus
 
@@ -115,7 +119,7 @@ class Index(ItemLookup):
             return MilvusIndex.open(path, verify=False, milvus_uri=uri, milvus_token=backend_params.get("milvus_token"))
         return build_index(cls, items, retriever, path, backend=backend, dtype=dtype or "float16",
                            shard_size=shard_size, show_progress=show_progress, instruction=instruction,
-                           **backend_params)
+                           num_workers=num_workers, **backend_params)
 
     @classmethod
     def open(cls, path, *, expect: dict | None = None, verify: bool = True, milvus_uri: str | None = None,
@@ -211,7 +215,7 @@ class Index(ItemLookup):
     def add(self, items: Iterable[Any], retriever, *, show_progress: bool = True, **options) -> None:
         """Encode ``items`` and append them (resumable like ``build``; ids must be new unless
         ``skip_existing=True``, which leaves out items already in the index). ``instruction=``
-        works as in :meth:`build` (one for all, or one per item)."""
+        and ``num_workers=`` work as in :meth:`build` (the instruction: one for all, or one per item)."""
         add_items(self, items, retriever, show_progress=show_progress, **options)
 
     def add_vectors(self, vectors: np.ndarray, ids: list[str], metadata: list[dict] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..items import as_item
 from ..progress import progress_bar
 from ..qwen2vl.backbone import Backbone, load_backbone
 from ..qwen2vl.batching import plan_batches, prefetch
+from ..qwen2vl.loader import collate_in_workers, to_device
 from ..qwen2vl.prompts import PROMPT_FORMAT_VERSION, render_prompt
 from ..settings import ModelSettings
 from .packing import check_packing, embed_packed, packed_inputs, plan_packing
@@ -120,6 +122,7 @@ class Retriever:
         convert_to: str = "numpy",
         packing: bool = False,
         packed_tokens: int | str = "auto",
+        num_workers: int = 0,
     ):
         """Embed ``items`` into an (N, D) float32 array of unit vectors, in input order.
 
@@ -132,11 +135,16 @@ class Retriever:
         at most ``packed_tokens`` tokens (``"auto"``: the device's ``max_batch_tokens`` default),
         the same vectors (:mod:`lamra.retriever.packing`); items with images or videos keep the
         padded batches. Only under 1-D positions (the lamra-qwen2vl rule set); M-RoPE is refused.
+
+        ``num_workers=N`` collates the padded batches (image decode, resize, normalize, padding)
+        in N DataLoader worker processes, pinned for non-blocking copies on a GPU
+        (:mod:`lamra.qwen2vl.loader`); 0 (the default): one worker thread, one batch ahead.
+        The vectors are the same either way.
         """
         return self.encode_prepared(self.prepare(items, instruction), batch_size=batch_size,
                                     max_batch_tokens=max_batch_tokens, sort_by_length=sort_by_length,
                                     show_progress=show_progress, convert_to=convert_to, packing=packing,
-                                    packed_tokens=packed_tokens)
+                                    packed_tokens=packed_tokens, num_workers=num_workers)
 
     def prepare(self, items: Iterable[Any], instruction: str | Sequence[str | None] | None = None) -> list:
         """Each item's tokenized prompt (a ``PromptInput``: ids, image and video sources), as
@@ -153,11 +161,13 @@ class Retriever:
     def encode_prepared(self, prepared: Sequence, *, processor=None, batch_size: int = DEFAULT_BATCH_SIZE,
                         max_batch_tokens: int | str | None = "auto", sort_by_length: bool = True,
                         show_progress: bool = True, convert_to: str = "numpy", packing: bool = False,
-                        packed_tokens: int | str = "auto"):
+                        packed_tokens: int | str = "auto", num_workers: int = 0):
         """:meth:`encode` for prompts already tokenized (:meth:`prepare`, or another prompt
         recipe's); ``processor``: the one that tokenized them, for collation (default: the model's)."""
         import torch
 
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 (a thread) or more (processes), got {num_workers}")
         auto_tokens = AUTO_MAX_BATCH_TOKENS.get(self.backbone.device.type, AUTO_MAX_BATCH_TOKENS["cuda"])
         if max_batch_tokens == "auto":
             max_batch_tokens = auto_tokens
@@ -179,11 +189,20 @@ class Retriever:
                         out[rows] = embed_packed(self.backbone, inputs).cpu()
                     bar.advance(len(rows))
                 collate = (processor or self.processor).collate
-                collated = prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches)
-                for rows, inputs in collated:
-                    with torch.inference_mode():
-                        out[rows] = self.embed(inputs).cpu()
-                    bar.advance(len(rows))
+                device = self.backbone.device
+                pinned = num_workers > 0 and device.type == "cuda"
+                if num_workers > 0:
+                    collated = collate_in_workers(collate, prepared, batches, num_workers=num_workers,
+                                                  pin_memory=pinned)
+                else:
+                    collated = prefetch(lambda rows: (rows, collate([prepared[i] for i in rows])), batches)
+                with closing(collated):  # an error stops the workers now, not when collected
+                    for rows, inputs in collated:
+                        if pinned:
+                            inputs = to_device(inputs, device)
+                        with torch.inference_mode():
+                            out[rows] = self.embed(inputs).cpu()
+                        bar.advance(len(rows))
         finally:
             self.backbone.train(was_training)
         return out.numpy() if convert_to == "numpy" else out
