@@ -16,6 +16,10 @@ alone learn some of that? This script:
 5. **report**: ``OUT/results.json`` and a table: WordNet R@1 / R@5 per run and seed, the KL - no-KL
    difference on every task, and the share of the reranker's R@1 gain the distilled retriever keeps.
 
+``--filtered-threshold T`` adds a third run per seed: InfoNCE alone with one hard negative per
+query drawn from its top ``k`` minus the negatives the reranker judges relevant (P(Yes) > T:
+``lamra filter-negatives``), no KL term: what the mined negatives give without distillation.
+
     python experiments/distill_demo.py --out /tmp/distill-demo            # the cached demo models
     python experiments/distill_demo.py --out OUT --retriever R --reranker K --data D   # any others
 
@@ -53,7 +57,7 @@ def locate(args) -> tuple[Path, Path, Path, dict | None]:
 def run(args) -> dict:
     from lamra.reranker.mining import mine
     from lamra.reranker.model import Reranker
-    from lamra.reranker.teacher_scores import score_teacher
+    from lamra.reranker.teacher_scores import score_teacher, write_filtered_queries
     from lamra.retriever.model import Retriever
 
     out = Path(args.out)
@@ -75,27 +79,40 @@ def run(args) -> dict:
                       fraction=args.fraction, queries=queries, show_progress=args.progress)
     seconds["score"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
+    filtered = None
+    if args.filtered_threshold is not None:
+        filtered = out / "filtered.jsonl"
+        if not filtered.is_file():
+            counts = write_filtered_queries(scores, data, filtered, threshold=args.filtered_threshold, queries=queries)
+            print(f"filtered negatives (P(Yes) > {args.filtered_threshold} dropped): {counts}", flush=True)
     runs = {}
     for seed in args.seeds:
         for name, weight in (("kl", args.weight), ("no-kl", 0.0)):
             runs[f"{name}-s{seed}"] = train(args, retriever_dir, reranker_dir, data, queries[0], scores, weight, seed,
                                             out / f"{name}-s{seed}")
+        if filtered is not None:
+            runs[f"hn-s{seed}"] = train(args, retriever_dir, reranker_dir, data, filtered, None, 0.0, seed,
+                                        out / f"hn-s{seed}")
     seconds["train"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
     table = {"before": evaluate(retriever_dir, data, out / "eval" / "before", args)}
+    val = {"before": evaluate(retriever_dir, data, out / "eval-val" / "before", args, split="val")}
     for name, model in runs.items():
         table[name] = evaluate(model, data, out / "eval" / name, args)
+        val[name] = evaluate(model, data, out / "eval-val" / name, args, split="val")
     seconds["evaluate"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
     results = {"retriever": str(retriever_dir), "reranker": str(reranker_dir), "data": str(data),
                "options": {k: v for k, v in vars(args).items() if k != "func"}, "seconds": seconds,
-               "test": table, "ret+rank": (record or {}).get("test", {}).get(TASK, {}).get("Ret+Rank")}
+               "test": table, "val": val, "ret+rank": (record or {}).get("test", {}).get(TASK, {}).get("Ret+Rank")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(report(results, args.seeds))
     return results
 
 
-def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Path, scores: Path, weight: float,
-          seed: int, output: Path) -> Path:
+def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Path, scores: Path | None,
+          weight: float, seed: int, output: Path) -> Path:
+    """One run from the retriever on ``queries``: with ``scores``, InfoNCE + ``weight`` x KL on the
+    scored queries; without, InfoNCE with one of each query's ``neg_cand_list`` as hard negative."""
     from lamra.retriever.trainer import train_retriever
     from lamra.training.args import load_args
 
@@ -105,9 +122,14 @@ def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Pa
     settings = json.loads((retriever_dir / "lamra_settings.json").read_text()) \
         if (retriever_dir / "lamra_settings.json").is_file() else {}
     print(f"training {output.name}: distill_weight {weight}, seed {seed}", flush=True)
+    if scores is not None:
+        recipe = dict(distill=str(scores), distill_weight=weight, distill_top_k=args.k,
+                      distill_reranker=str(reranker_dir), distill_with_positive=args.with_positive,
+                      distill_retrieval_weight=args.retrieval_weight)
+    else:
+        recipe = dict(use_hard_negatives=True)
     options = dict(model=str(retriever_dir), data=str(data), data_kind="mbeir", train_queries=str(queries),
-                   distill=str(scores), distill_weight=weight, distill_top_k=args.k, distill_reranker=str(reranker_dir),
-                   output_dir=str(output), full=True, train_vision=False, train_embeddings=False,
+                   **recipe, output_dir=str(output), full=True, train_vision=False, train_embeddings=False,
                    settings={k: settings[k] for k in ("max_pixels", "min_pixels") if k in settings},
                    global_batch_size=args.batch, chunk_size=args.chunk_size, learning_rate=args.lr, epochs=args.epochs,
                    warmup_ratio=0.1, seed=seed, device="cpu", gradient_checkpointing=False, save_steps=25,
@@ -118,12 +140,16 @@ def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Pa
                                                      if "kl" in r else ""), flush=True))
 
 
-def evaluate(model: Path, data: Path, out: Path, args) -> dict:
-    """Per test task: R@1 and R@5 (percent), local pools."""
+def evaluate(model: Path, data: Path, out: Path, args, *, split: str = "test") -> dict:
+    """Per task: R@1 and R@5 (percent), local pools; on "val" only WordNet's, in the union pool (to
+    choose settings on)."""
     from lamra.evaluation.mbeir import evaluate_mbeir
     from lamra.retriever.model import Retriever
 
-    results = evaluate_mbeir(data, Retriever.from_pretrained(model, device="cpu"), out, show_progress=args.progress)
+    # The demo's val queries have their positives in the union pool (as the demo reranker's alpha search).
+    results = evaluate_mbeir(data, Retriever.from_pretrained(model, device="cpu"), out, split=split,
+                             pool="global-union" if split == "val" else "local",
+                             tasks=[TASK] if split == "val" else None, show_progress=args.progress)
     return {row.task: {name: round(row.metrics.get(f"Recall@{name[2:]}", 0.0), 2) for name in ("R@1", "R@5")}
             for row in results.results}
 
@@ -131,12 +157,17 @@ def evaluate(model: Path, data: Path, out: Path, args) -> dict:
 def report(results: dict, seeds) -> str:
     test = results["test"]
     tasks = list(test["before"])
-    lines = [f"{'task':<22}{'before':>14}" + "".join(f"{f'kl-s{s}':>14}{f'no-kl-s{s}':>14}" for s in seeds)
-             + f"{'KL - no-KL (R@1)':>18}"]
+    arms = [name for name in ("kl", "no-kl", "hn") if f"{name}-s{seeds[0]}" in test]
+    runs = [f"{name}-s{s}" for s in seeds for name in arms]
+    lines = [f"{'task':<22}{'before':>14}" + "".join(f"{run:>14}" for run in runs) + f"{'KL - no-KL (R@1)':>18}"]
     for task in tasks:
-        cells = [test["before"][task]] + [test[f"{name}-s{s}"][task] for s in seeds for name in ("kl", "no-kl")]
+        cells = [test["before"][task]] + [test[run][task] for run in runs]
         gain = sum(test[f"kl-s{s}"][task]["R@1"] - test[f"no-kl-s{s}"][task]["R@1"] for s in seeds) / len(seeds)
         lines.append(f"{task:<22}" + "".join(f"{c['R@1']:>6.1f} / {c['R@5']:>5.1f}" for c in cells) + f"{gain:>+18.1f}")
+    val = results.get("val")
+    if val:
+        lines.append(f"{TASK} on val, R@1: before {val['before'][TASK]['R@1']:.1f}; "
+                     + ", ".join(f"{run} {val[run][TASK]['R@1']:.1f}" for run in runs))
     rank = results.get("ret+rank")
     if rank:
         before = test["before"][TASK]["R@1"]
@@ -158,6 +189,13 @@ def main(argv=None) -> None:
                                                           "(the demo reranks a top 10)")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the WordNet training queries scored")
     parser.add_argument("--weight", type=float, default=1.0, help="distill_weight of the KL runs")
+    parser.add_argument("--retrieval-weight", type=float, default=1.0,
+                        help="distill_retrieval_weight: the retriever's share of the teacher (0: the reranker alone)")
+    parser.add_argument("--with-positive", action="store_true",
+                        help="distil over the drawn positive, then the top k without it "
+                             "(U-MARVEL's has_distill_with_pos)")
+    parser.add_argument("--filtered-threshold", type=float, default=None,
+                        help="also train InfoNCE with hard negatives, those above this P(Yes) dropped (no KL)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=None)

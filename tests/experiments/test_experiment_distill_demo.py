@@ -20,3 +20,14 @@ def test_report_averages_the_seeds_and_says_what_share_of_the_rerankers_gain_is_
     assert wordnet.split()[-1] == "+3.0"  # ((25 - 21) + (23 - 21)) / 2
     assert clipart.split()[-1] == "-1.0"
     assert "keeps 44 % of the reranker's R@1 gain" in text  # (24 - 20) / (29 - 20)
+
+
+def test_report_shows_the_hard_negative_runs_and_the_val_line_when_present():
+    module = load_experiment("distill_demo")
+    row = lambda r1: {"wordnet_task1": {"R@1": r1, "R@5": 40}}  # noqa: E731
+    results = {"test": {"before": row(20), "kl-s0": row(26), "no-kl-s0": row(21), "hn-s0": row(24)},
+               "val": {"before": row(18), "kl-s0": row(22), "no-kl-s0": row(19), "hn-s0": row(23)}}
+    lines = module.report(results, [0]).splitlines()
+    assert lines[0].split()[1:5] == ["before", "kl-s0", "no-kl-s0", "hn-s0"]
+    assert lines[1].split()[-1] == "+5.0" and "24.0 /  40.0" in lines[1]
+    assert lines[2] == "wordnet_task1 on val, R@1: before 18.0; kl-s0 22.0, no-kl-s0 19.0, hn-s0 23.0"

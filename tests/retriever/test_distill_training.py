@@ -125,8 +125,8 @@ def test_the_scored_queries_come_with_their_candidates_and_teacher_logits(tmp_pa
     assert no_kl.example(1).distill is None and no_kl.example(1).positive == example.positive  # same draw
 
 
-def test_with_the_positive_the_list_is_the_drawn_positive_then_the_top_k_negatives(tmp_path, synthetic,
-                                                                                     tiny_checkpoint):
+def test_with_the_positive_the_list_is_the_drawn_positive_then_the_top_k_without_it(tmp_path, synthetic,
+                                                                                      tiny_checkpoint):
     from lamra.errors import InputError
     from lamra.qwen2vl.backbone import _model_id
     from lamra.retriever.trainer import build_dataset
@@ -135,17 +135,22 @@ def test_with_the_positive_the_list_is_the_drawn_positive_then_the_top_k_negativ
     scores = scores_file(tmp_path / "s.jsonl", synthetic, ours, {"model": "rank@1"}, queries=16, positive_scores=True)
     dataset = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_with_positive=True))
     assert dataset.k == 3
+    fused = {n: (0.8 - 0.1 * n + 0.3 * n) / 2 / 0.05 for n in range(4)}  # the top 4's teacher logits
     drawn_later = 0
     for index, record in enumerate(dataset.records):
         for epoch in (0, 1):
             example = dataset.example(index, epoch)
             candidates, teacher = example.distill
-            negatives = [d for d, _, _ in record.candidates if d not in record.positives]
-            assert [c.id for c in candidates] == [example.positive.id, *negatives[:2]]
             n = record.positives.index(example.positive.id)
             assert teacher[0] == pytest.approx((0.9 - 0.1 * n + 0.95 - 0.1 * n) / 2 / 0.05)
-            assert teacher[1:] == pytest.approx([(0.7 + 0.3) / 2 / 0.05, (0.6 + 0.6) / 2 / 0.05])
-            drawn_later += n > 0
+            top = [d for d, _, _ in record.candidates]  # the first positive (retrieved), then 3 negatives
+            if n == 0:  # the retrieved positive drawn: the top without it
+                assert [c.id for c in candidates] == [top[0], top[1], top[2]]
+                assert teacher[1:] == pytest.approx([fused[1], fused[2]])
+            else:  # another one: it comes first, the retrieved positive stays in the list with its scores
+                assert [c.id for c in candidates] == [example.positive.id, top[0], top[1]]
+                assert teacher[1:] == pytest.approx([fused[0], fused[1]])
+                drawn_later += 1
     assert drawn_later  # a positive other than the retrieved one was drawn and scored with its own scores
     without = scores_file(tmp_path / "old.jsonl", synthetic, ours, {"model": "rank@1"})
     with pytest.raises(InputError, match="needs its scores") as error:

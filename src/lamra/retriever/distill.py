@@ -11,7 +11,7 @@ values U-MARVEL used and which differ.
 
 This module also gives training its examples: :class:`DistillDataset` (the scored queries of a
 teacher-scores file, each with its k candidates and their teacher logits; with
-``with_positive``, the example's positive first and the top-k's first k - 1 negatives, as
+``with_positive``, the example's positive first, then the top-k without it, as
 U-MARVEL's ``has_distill_with_pos`` puts the positive in the list).
 """
 
@@ -75,10 +75,11 @@ class DistillDataset:
 
     Every record is cut to the same k (the smallest list, at most ``top_k``) so a batch is one
     (B, K) block. ``with_positive``: the list is the positive the example drew (scored in the
-    file's ``positive_scores``, retrieved or not) and the first k - 1 negatives of the top-k, so
-    the KL term also ranks the positive against the hard negatives. The file is refused if
-    another retriever or reranker made it (``retriever`` / ``reranker``: fingerprints to compare,
-    see :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
+    file's ``positive_scores``, retrieved or not), then the top-k without it, cut to k (other
+    positives stay, with their scores, as in U-MARVEL's list), so the KL term also ranks the
+    positive against the hard negatives. The file is refused if another retriever or reranker
+    made it (``retriever`` / ``reranker``: fingerprints to compare, see
+    :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
     same examples without them: the same recipe without the KL term, at InfoNCE's cost.
     """
 
@@ -103,12 +104,7 @@ class DistillDataset:
                 raise InputError("distilling with the positive needs its scores, and this line has none: mine and "
                                  "score again (`lamra mine`, `lamra score-teacher` record them)", file=str(self.path),
                                  line=record.line, item=record.qid, field="positive_scores")
-        if with_positive:  # the positive, then the top-k's negatives in rank order
-            self._lists = {r.qid: [c for c in r.candidates if c[0] not in set(r.positives)] for r in records}
-            self.k = min(top_k, *(1 + len(self._lists[r.qid]) for r in records))
-        else:
-            self._lists = {r.qid: r.candidates for r in records}
-            self.k = min(top_k, *(len(r.candidates) for r in records))
+        self.k = min(top_k, *(len(r.candidates) for r in records))
         if self.k < 2:
             raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",
                              file=str(self.path), field="candidates")
@@ -116,10 +112,9 @@ class DistillDataset:
             logger.warning("%s: distilling over the top %d (the shortest list), not %d", self.path, self.k, top_k)
         self.rows = [row_of[r.qid] for r in records]
         self.records = records
-        listed = self.k - 1 if with_positive else self.k
-        needed = {did for r in records for did, _, _ in self._lists[r.qid][:listed]}
+        needed = {did for r in records for did, _, _ in r.candidates[: self.k]}
         pool = {c.did: c for c in iter_candidates(base.pool_file) if c.did in needed}
-        missing = [(r, did) for r in records for did, _, _ in self._lists[r.qid][:listed] if did not in pool]
+        missing = [(r, did) for r in records for did, _, _ in r.candidates[: self.k] if did not in pool]
         if missing:
             record, did = missing[0]
             raise InputError(f"candidate {did!r} is not in {base.pool_file} ({len(missing)} missing)",
@@ -127,7 +122,7 @@ class DistillDataset:
         raise_problems(candidate_problems(pool.values(), base.pool_file, base.root), "the distilled candidates")
         self._items = {did: mbeir_item(base.root, did, c.text, c.image) for did, c in pool.items()}
         self._weights = dict(retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature)
-        self._teacher = [self._logits(self._lists[r.qid][:listed]) for r in records]
+        self._teacher = [self._logits(r.candidates[: self.k]) for r in records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -141,10 +136,12 @@ class DistillDataset:
         example = self.base.example(self.rows[index], epoch)
         if not self.candidates:
             return example
-        listed = self.k - 1 if self.with_positive else self.k
-        candidates = tuple(self._items[did] for did, _, _ in self._lists[record.qid][:listed])
-        teacher = self._teacher[index]
-        if self.with_positive:  # the positive this example drew, with its own scores
-            positive = next(s for s in record.positive_scores if s[0] == example.positive.id)
-            candidates, teacher = (example.positive, *candidates), self._logits([positive]) + teacher
-        return replace(example, distill=(candidates, teacher))
+        if not self.with_positive:
+            candidates = tuple(self._items[did] for did, _, _ in record.candidates[: self.k])
+            return replace(example, distill=(candidates, self._teacher[index]))
+        # The positive this example drew, with its own scores, then the top-k without it.
+        drawn = example.positive.id
+        others = [scored for scored in record.candidates if scored[0] != drawn][: self.k - 1]
+        positive = next(scored for scored in record.positive_scores if scored[0] == drawn)
+        candidates = (example.positive, *(self._items[did] for did, _, _ in others))
+        return replace(example, distill=(candidates, self._logits([positive, *others])))
