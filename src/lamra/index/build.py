@@ -147,25 +147,16 @@ def add_items(index, items, retriever, *, show_progress: bool = True, shard_size
               max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
               skip_hint: str | None = SKIP_HINT, num_workers: int | None = None) -> None:
     """See :meth:`Index.add`."""
-    fingerprint = retriever.fingerprint()
-    check_fingerprint(index.manifest, fingerprint, where=str(index.path or "(in memory)"))
-    entries = to_entries(items, instruction)
-    target = len(index.manifest["segments"])
-    plan = _plan("add", target, fingerprint, entries, shard_size)
-    if index.path is not None and _add_finished_earlier(index, plan):
+    todo = entries_to_add(index, items, retriever, instruction=instruction, shard_size=shard_size,
+                          skip_existing=skip_existing)
+    if todo is None:
         return
-    if skip_existing:
-        entries = [e for e in entries if e.item.id not in index]
-    if not entries:
-        logger.info("nothing to add")
-        return
-    check_new_ids([e.item.id for e in entries], index)
+    entries, plan = todo
     encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers)
     if index.path is None:
         vectors, kept, bad = _encode_entries(entries, encode, skip_bad, index.dim, skip_hint)
         index.add_vectors(vectors, [entries[i].item.id for i in kept], [entries[i].meta for i in kept])
         return
-    plan = _plan("add", target, fingerprint, entries, shard_size)  # (the items left after skip_existing)
     with distributed.process_group() as rank:
         merged = _run_shards(entries, encode, index.path / WORK, plan, show_progress=show_progress,
                              skip_bad=skip_bad, skip_hint=skip_hint, dtype=index.manifest["dtype"], dim=index.dim)
@@ -178,6 +169,26 @@ def add_items(index, items, retriever, *, show_progress: bool = True, shard_size
         distributed.barrier()
         if rank != 0:
             index.__dict__.update(type(index).open(index.path, verify=False).__dict__)
+
+
+def entries_to_add(index, items, retriever, *, instruction, shard_size: int, skip_existing: bool):
+    """What an add (to a FAISS or a Milvus index) encodes: its entries, checked (the retriever's
+    fingerprint, ids not in the index yet), and their plan; None when the same add finished
+    earlier or nothing is left to add."""
+    fingerprint = retriever.fingerprint()
+    check_fingerprint(index.manifest, fingerprint, where=str(index.path or "(in memory)"))
+    entries = to_entries(items, instruction)
+    target = len(index.manifest["segments"])
+    if index.path is not None and _add_finished_earlier(index, _plan("add", target, fingerprint, entries,
+                                                                     shard_size)):
+        return None
+    if skip_existing:
+        entries = [e for e in entries if e.item.id not in index]
+    if not entries:
+        logger.info("nothing to add")
+        return None
+    check_new_ids([e.item.id for e in entries], index)
+    return entries, _plan("add", target, fingerprint, entries, shard_size)  # (the items left after skip_existing)
 
 
 # -- shards -------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from . import milvus_db as mv
 from .build import (
     SKIP_HINT,
     WORK,
-    _add_finished_earlier,
     _build_record,
     _discard_work,
     _encode_entries,
@@ -41,9 +40,10 @@ from .build import (
     _prepare_work,
     _read_plan,
     _run_shards,
+    entries_to_add,
     to_entries,
 )
-from .checks import FINGERPRINT_KEYS, check_fingerprint, check_new_ids
+from .checks import FINGERPRINT_KEYS, check_new_ids
 from .records import new_manifest, normalise_metadata, now
 
 logger = logging.getLogger(__name__)
@@ -163,20 +163,12 @@ def add_items(index, items, retriever, *, show_progress: bool = True, shard_size
               instruction: str | Sequence[str | None] | None = None, skip_hint: str | None = SKIP_HINT,
               source: str | None = None) -> None:
     """``MilvusIndex.add``: a new segment of upserted shards, resumable like the build."""
-    fingerprint = retriever.fingerprint()
-    check_fingerprint(index.manifest, fingerprint, where=str(index.path))
-    entries = to_entries(items, instruction)
+    todo = entries_to_add(index, items, retriever, instruction=instruction, shard_size=shard_size,
+                          skip_existing=skip_existing)
+    if todo is None:
+        return
+    entries, plan = todo
     target_segment = len(index.manifest["segments"])
-    plan = _plan("add", target_segment, fingerprint, entries, shard_size)
-    if _add_finished_earlier(index, plan):
-        return
-    if skip_existing:
-        entries = [e for e in entries if e.item.id not in index]
-    if not entries:
-        logger.info("nothing to add")
-        return
-    check_new_ids([e.item.id for e in entries], index)
-    plan = _plan("add", target_segment, fingerprint, entries, shard_size)
     target = {**index.manifest["milvus"], "params": index.manifest["backend_params"], "dtype": index.manifest["dtype"],
               "source": source}
     plan["milvus"] = target

@@ -301,7 +301,7 @@ def mine(retriever, root: str | os.PathLike, out: str | os.PathLike, *, k: int =
     record = _plan_record(retriever, plan, k=k, pools=pools, instructions=instructions, seed=seed, root=root)
     root = Path(root)
     with distributed.process_group() as rank:
-        resumed = _check_work(work, record)  # every rank: a mismatch stops all of them, none waits
+        resumed = check_interrupted_run(work, record)  # every rank: a mismatch stops all of them, none waits
         distributed.barrier()
         if rank == 0 and not resumed:
             work.mkdir(parents=True, exist_ok=True)
@@ -468,9 +468,11 @@ def _plan_record(retriever, plan: _Plan, *, k: int, pools: str, instructions: st
     }
 
 
-def _check_work(work: Path, record: dict) -> bool:
-    """True if ``work`` holds an interrupted run of the same job; refuse one of another job."""
-    path = work / PLAN_FILE
+def check_interrupted_run(work: Path, record: dict, *, plan_file: str = PLAN_FILE, job: str = "mining") -> bool:
+    """True if ``work`` holds an interrupted run of the same job (its ``plan_file`` equals
+    ``record``); refuse one of another job, naming the settings that differ. Mining's and
+    ``lamra score-teacher``'s work folders."""
+    path = work / plan_file
     if not path.is_file():
         return False
     stored = json.loads(path.read_text(encoding="utf-8"))
@@ -478,7 +480,7 @@ def _check_work(work: Path, record: dict) -> bool:
     changed = sorted(key for key in set(stored) | set(record)
                      if json.dumps(stored.get(key), sort_keys=True) != json.dumps(record.get(key), sort_keys=True))
     if changed:
-        raise InputError(f"an interrupted mining run with other settings ({', '.join(changed)}) is there: "
+        raise InputError(f"an interrupted {job} run with other settings ({', '.join(changed)}) is there: "
                          "run it with the same arguments, or delete the folder to start again", file=str(work))
-    logger.warning("resuming the mining run in %s", work)
+    logger.warning("resuming the %s run in %s", job, work)
     return True

@@ -33,9 +33,14 @@ from ..digests import file_sha256
 from ..embeddings import atomic_write_bytes
 from ..errors import InputError
 from ..retriever.data import default_query_files, read_query_files
-from ..training.distill_data import TEACHER_FORMAT, TeacherRecord, filter_negatives, read_teacher_scores, \
-    sample_fraction
-from .mining import read_mined
+from ..training.distill_data import (
+    TEACHER_FORMAT,
+    TeacherRecord,
+    filter_negatives,
+    read_teacher_scores,
+    sample_fraction,
+)
+from .mining import check_interrupted_run, read_mined
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +113,7 @@ def score_teacher(reranker, root: str | os.PathLike, mined: str | os.PathLike, o
             "mined_sha256": file_sha256(mined), "pool": str(pool_file.resolve()), "queries": len(records),
             "part_size": part_size}
     plan = json.loads(json.dumps(plan, default=str))
-    resumed = _check_work(work, plan)
+    resumed = check_interrupted_run(work, plan, plan_file=PLAN_FILE, job="scoring")
     work.mkdir(parents=True, exist_ok=True)
     if not resumed:
         atomic_write_bytes(work / PLAN_FILE, json.dumps(plan, indent=2).encode())
@@ -121,8 +126,8 @@ def score_teacher(reranker, root: str | os.PathLike, mined: str | os.PathLike, o
                 for record in part:
                     top = record.top[:k]
                     # The positives the top-k misses are scored too, in the same call (shared prefix).
-                    extra = [(did, ret) for did, ret in record.positive_scores or []
-                             if did not in {d for d, _ in top}]
+                    retrieved = {did for did, _ in top}
+                    extra = [(did, ret) for did, ret in record.positive_scores or [] if did not in retrieved]
                     scores = reranker.score(items[record.qid], [candidates[did] for did, _ in top + extra],
                                             record.instruction, batch_size=batch_size)
                     scored_by_did = {did: (did, ret, float(p)) for (did, ret), p in zip(top + extra, scores)}
@@ -164,21 +169,6 @@ def _task_stats(records: list[TeacherRecord]) -> dict[str, dict]:
 
     return {task: {"queries": row["queries"], "p_yes_positives": mean(row["positives"]),
                    "p_yes_negatives": mean(row["negatives"])} for task, row in stats.items()}
-
-
-def _check_work(work: Path, plan: dict) -> bool:
-    """True if ``work`` holds an interrupted run of the same job; refuse one of another job."""
-    path = work / PLAN_FILE
-    if not path.is_file():
-        return False
-    stored = json.loads(path.read_text(encoding="utf-8"))
-    changed = sorted(key for key in set(stored) | set(plan)
-                     if json.dumps(stored.get(key), sort_keys=True) != json.dumps(plan.get(key), sort_keys=True))
-    if changed:
-        raise InputError(f"an interrupted scoring run with other settings ({', '.join(changed)}) is there: run it "
-                         "with the same arguments, or delete the folder to start again", file=str(work))
-    logger.warning("resuming the scoring run in %s", work)
-    return True
 
 
 def write_filtered_queries(scores: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,
