@@ -105,3 +105,14 @@ def test_python_dash_m_lamra_runs_the_cli(workdir):
     result = subprocess.run([sys.executable, "-m", "lamra", *commands(workdir, "/nonexistent/model")["embed"]],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "error: model '/nonexistent/model' not found" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["retriever", "reranker"])
+def test_an_argument_given_as_an_option_and_with_set_is_one_clear_line(tmp_path, kind, capsys):
+    """`--global-batch-size 4 --set global_batch_size=8` once raised a TypeError traceback."""
+    code = main(["train", kind, "--global-batch-size", "4", "--set", "global_batch_size=8",
+                 "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error:") and "Traceback" not in error
+    assert "global_batch_size is given twice: --global-batch-size 4 and --set global_batch_size=8" in error
+    assert not (tmp_path / "out").exists()

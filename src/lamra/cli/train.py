@@ -39,12 +39,11 @@ def retriever(
     and in-batch negatives span all of them.
     """
     from ..retriever.trainer import train_retriever
-    from ..training.args import load_args, parse_assignment
+    from ..training.args import load_args
 
-    extra = dict(parse_assignment(a) for a in assignments or [])
-    args = load_args(config, model=model, data=data, output_dir=output_dir, max_steps=max_steps,
-                     global_batch_size=global_batch_size, chunk_size=chunk_size, device=device, distill=distill,
-                     **extra)
+    args = load_args(config, **_overrides(assignments, model=model, data=data, output_dir=output_dir,
+                                          max_steps=max_steps, global_batch_size=global_batch_size,
+                                          chunk_size=chunk_size, device=device, distill=distill))
     if _prepare(args, "retriever"):
         return
     adapter = train_retriever(args, on_log=_print_log)
@@ -79,12 +78,12 @@ def reranker(
     Under torchrun (or accelerate launch) every process trains on its share of each global batch.
     """
     from ..reranker.trainer import train_reranker
-    from ..training.args import RerankerTrainingArgs, load_args, parse_assignment
+    from ..training.args import RerankerTrainingArgs, load_args
 
-    extra = dict(parse_assignment(a, args_class=RerankerTrainingArgs) for a in assignments or [])
-    args = load_args(config, args_class=RerankerTrainingArgs, model=model, data=data, mined=mined,
-                     output_dir=output_dir, max_steps=max_steps, global_batch_size=global_batch_size,
-                     chunk_size=chunk_size, device=device, **extra)
+    args = load_args(config, args_class=RerankerTrainingArgs,
+                     **_overrides(assignments, RerankerTrainingArgs, model=model, data=data, mined=mined,
+                                  output_dir=output_dir, max_steps=max_steps, global_batch_size=global_batch_size,
+                                  chunk_size=chunk_size, device=device))
     if _prepare(args, "reranker"):
         return
     adapter = train_reranker(args, on_log=_print_log)
@@ -93,6 +92,22 @@ def reranker(
     if is_main_process():
         typer.echo(f"adapter written to {adapter}")
         typer.echo(f"use it: Reranker.from_pretrained({args.model!r}, lora={str(adapter)!r})")
+
+
+def _overrides(assignments: list[str] | None, args_class=None, **options) -> dict:
+    """The command's options with the ``--set key=value`` ones; an argument given both ways (with
+    different values) is refused in one line rather than one silently winning."""
+    from ..errors import InputError
+    from ..training.args import RetrieverTrainingArgs, parse_assignment
+
+    merged = dict(options)
+    for text in assignments or []:
+        key, value = parse_assignment(text, args_class=args_class or RetrieverTrainingArgs)
+        if merged.get(key) is not None and merged[key] != value:
+            raise InputError(f"{key} is given twice: --{key.replace('_', '-')} {merged[key]} and --set {text}",
+                             field="set")
+        merged[key] = value
+    return merged
 
 
 def _prepare(args, kind: str) -> bool:
