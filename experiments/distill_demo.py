@@ -16,6 +16,13 @@ alone learn some of that? This script:
 5. **report**: ``OUT/results.json`` and a table: WordNet R@1 / R@5 per run and seed, the KL - no-KL
    difference on every task, and the share of the reranker's R@1 gain the distilled retriever keeps.
 
+``--unlabelled N`` adds a query log without labels (semi-supervised distillation): N more WordNet
+definitions, of lemmas no split of the demo data uses, as queries with ``pos_cand_list: []``, and
+their example sentences added to the training pool (a corpus the queries were never linked to).
+They are mined and scored with the labelled queries; the KL runs learn from them by the KL term
+alone, the no-KL runs leave them out (nothing to learn from without the teacher). The report
+says how often the teacher's and the retriever's top candidate is the query's own sentence.
+
 ``--filtered-threshold T`` adds a third run per seed: InfoNCE alone with one hard negative per
 query drawn from its top ``k`` minus the negatives the reranker judges relevant (P(Yes) > T:
 ``lamra filter-negatives``), no KL term: what the mined negatives give without distillation.
@@ -35,6 +42,7 @@ from pathlib import Path
 
 TASK = "wordnet_task1"
 QUERY_FILE = "query/train/mbeir_wordnet_train.jsonl"
+UNLABELLED_DID, UNLABELLED_QID = 100000, 200000  # numbering of the added sentences and queries (dataset 22)
 
 
 def locate(args) -> tuple[Path, Path, Path, dict | None]:
@@ -64,18 +72,22 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     retriever_dir, reranker_dir, data, record = locate(args)
     queries = [data / QUERY_FILE]
+    train_root = data  # where mining, scoring and training read; evaluation reads the demo data
+    if args.unlabelled:
+        train_root, train_queries = with_unlabelled_queries(data, out / "data", args.unlabelled)
+        queries = [train_queries]
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     mined = out / "mined.jsonl"
     if not mined.is_file():
         print(f"mining the top {args.k} of the WordNet training queries with {retriever_dir}", flush=True)
-        mine(Retriever.from_pretrained(retriever_dir, device="cpu"), data, mined, k=args.k, queries=queries,
+        mine(Retriever.from_pretrained(retriever_dir, device="cpu"), train_root, mined, k=args.k, queries=queries,
              show_progress=args.progress)
     seconds["mine"] = round(time.perf_counter() - started, 1)
     scores = out / "scores.jsonl"
     if not scores.is_file():
         print(f"scoring them with the reranker {reranker_dir}", flush=True)
-        score_teacher(Reranker.from_pretrained(reranker_dir, device="cpu"), data, mined, scores, k=args.k,
+        score_teacher(Reranker.from_pretrained(reranker_dir, device="cpu"), train_root, mined, scores, k=args.k,
                       fraction=args.fraction, queries=queries, show_progress=args.progress)
     seconds["score"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
@@ -83,15 +95,16 @@ def run(args) -> dict:
     if args.filtered_threshold is not None:
         filtered = out / "filtered.jsonl"
         if not filtered.is_file():
-            counts = write_filtered_queries(scores, data, filtered, threshold=args.filtered_threshold, queries=queries)
+            counts = write_filtered_queries(scores, train_root, filtered, threshold=args.filtered_threshold,
+                                            queries=queries)
             print(f"filtered negatives (P(Yes) > {args.filtered_threshold} dropped): {counts}", flush=True)
     runs = {}
     for seed in args.seeds:
         for name, weight in (("kl", args.weight), ("no-kl", 0.0)):
-            runs[f"{name}-s{seed}"] = train(args, retriever_dir, reranker_dir, data, queries[0], scores, weight, seed,
-                                            out / f"{name}-s{seed}")
+            runs[f"{name}-s{seed}"] = train(args, retriever_dir, reranker_dir, train_root, queries[0], scores, weight,
+                                            seed, out / f"{name}-s{seed}")
         if filtered is not None:
-            runs[f"hn-s{seed}"] = train(args, retriever_dir, reranker_dir, data, filtered, None, 0.0, seed,
+            runs[f"hn-s{seed}"] = train(args, retriever_dir, reranker_dir, train_root, filtered, None, 0.0, seed,
                                         out / f"hn-s{seed}")
     seconds["train"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
 
@@ -103,10 +116,99 @@ def run(args) -> dict:
     seconds["evaluate"] = round(time.perf_counter() - started - sum(seconds.values()), 1)
     results = {"retriever": str(retriever_dir), "reranker": str(reranker_dir), "data": str(data),
                "options": {k: v for k, v in vars(args).items() if k != "func"}, "seconds": seconds,
-               "test": table, "val": val, "ret+rank": (record or {}).get("test", {}).get(TASK, {}).get("Ret+Rank")}
+               "test": table, "val": val, "ret+rank": (record or {}).get("test", {}).get(TASK, {}).get("Ret+Rank"),
+               "unlabelled": unlabelled_top1(scores) if args.unlabelled else None}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(report(results, args.seeds))
     return results
+
+
+def with_unlabelled_queries(data: Path, root: Path, count: int) -> tuple[Path, Path]:
+    """A copy of the demo data at ``root`` (pictures linked) whose union training pool also holds
+    the first example sentence of ``count`` WordNet synsets no split uses (lemmas absent from every
+    query, pool and pair file; no text seen there), and a query file: the labelled WordNet training
+    queries, then those synsets' "lemma: definition" without positives. Made once, deterministic."""
+    import random
+    import shutil
+
+    from lamra.demo.sources import wordnet
+
+    query_file = root / "query" / "train" / "mbeir_wordnet_with_unlabelled.jsonl"
+    if query_file.is_file():
+        return root, query_file
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(data, partial, ignore=shutil.ignore_patterns("mbeir_images"))
+    (partial / "mbeir_images").symlink_to((data / "mbeir_images").resolve())
+    used_lemmas, used_texts = set(), set()
+    for path in [*data.glob("query/*/*.jsonl"), *data.glob("cand_pool/*/*.jsonl")]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            source = json.loads(record.get("query_src_content") or record.get("src_content") or "{}")
+            if "lemma" in source:
+                used_lemmas.add(source["lemma"].casefold())
+            used_texts.add((record.get("query_txt") or record.get("txt") or "").strip().casefold())
+    for path in data.glob("pairs/*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            pair = json.loads(line)
+            used_lemmas.add(pair["sent0"].split(":")[0].casefold())
+            used_texts.update(pair[key].strip().casefold() for key in ("sent0", "sent1", "hard_neg"))
+    groups: dict[str, list] = {}
+    for synset in wordnet.read_synsets(wordnet.DEBIAN_ROOT):
+        if synset.examples and synset.lemma.casefold() not in used_lemmas:
+            groups.setdefault(synset.lemma.casefold(), []).append(synset)
+    lemmas = sorted(groups)
+    random.Random(1).shuffle(lemmas)
+    chosen = []
+    for lemma in lemmas:
+        for synset in groups[lemma]:
+            texts = [t.casefold() for t in (synset.defined, *synset.examples)]
+            if not any(t in used_texts for t in texts):
+                used_texts.update(texts)
+                chosen.append(synset)
+        if len(chosen) >= count:
+            break
+    candidates, queries = [], []
+    for n, synset in enumerate(chosen[:count]):
+        source = json.dumps({"lemma": synset.lemma, "source": "wordnet-base", "synset": synset.key}, sort_keys=True)
+        candidates.append({"txt": synset.examples[0], "img_path": None, "modality": "text",
+                           "did": f"22:{UNLABELLED_DID + n}", "src_content": source})
+        queries.append({"qid": f"22:{UNLABELLED_QID + n}", "query_txt": synset.defined, "query_img_path": None,
+                        "query_modality": "text", "query_src_content": source, "pos_cand_list": [],
+                        "neg_cand_list": [], "task_id": 1})
+    with (partial / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl").open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(c) + "\n" for c in candidates)
+    labelled = (data / QUERY_FILE).read_text(encoding="utf-8")
+    (partial / query_file.relative_to(root)).write_text(labelled + "".join(json.dumps(q) + "\n" for q in queries),
+                                                        encoding="utf-8")
+    shutil.rmtree(root, ignore_errors=True)
+    partial.rename(root)
+    print(f"{len(queries)} unlabelled WordNet queries and their sentences added in {root}", flush=True)
+    return root, query_file
+
+
+def unlabelled_top1(scores: Path) -> dict:
+    """Over the unlabelled queries: how often their own sentence (numbered alike) is in the top-k,
+    first by the retriever, and first by the teacher (the fused score the KL term learns)."""
+    import torch
+
+    from lamra.retriever.distill import teacher_logits
+    from lamra.training.distill_data import read_teacher_scores
+
+    counts = {"queries": 0, "in_top_k": 0, "retriever_top1": 0, "teacher_top1": 0}
+    for record in read_teacher_scores(scores)[1]:
+        if record.positives:
+            continue
+        own = f"22:{int(record.qid.split(':')[1]) - UNLABELLED_QID + UNLABELLED_DID}"
+        dids = [did for did, _, _ in record.candidates]
+        fused = teacher_logits(torch.tensor([r for _, r, _ in record.candidates]),
+                               torch.tensor([p for _, _, p in record.candidates]))
+        counts["queries"] += 1
+        counts["in_top_k"] += own in dids
+        counts["retriever_top1"] += dids[0] == own
+        counts["teacher_top1"] += dids[int(fused.argmax())] == own
+    return {name: value if name == "queries" else round(100 * value / max(1, counts["queries"]), 1)
+            for name, value in counts.items()}
 
 
 def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Path, scores: Path | None,
@@ -168,6 +270,11 @@ def report(results: dict, seeds) -> str:
     if val:
         lines.append(f"{TASK} on val, R@1: before {val['before'][TASK]['R@1']:.1f}; "
                      + ", ".join(f"{run} {val[run][TASK]['R@1']:.1f}" for run in runs))
+    unlabelled = results.get("unlabelled")
+    if unlabelled:
+        lines.append(f"{unlabelled['queries']} unlabelled queries: own sentence in the top k "
+                     f"{unlabelled['in_top_k']} %, first by the retriever {unlabelled['retriever_top1']} %, by the teacher "
+                     f"{unlabelled['teacher_top1']} %")
     rank = results.get("ret+rank")
     if rank:
         before = test["before"][TASK]["R@1"]
@@ -194,6 +301,9 @@ def main(argv=None) -> None:
     parser.add_argument("--with-positive", action="store_true",
                         help="distil over the drawn positive, then the top k without it "
                              "(U-MARVEL's has_distill_with_pos)")
+    parser.add_argument("--unlabelled", type=int, default=0,
+                        help="also distil on this many WordNet queries without labels, their sentences added to "
+                             "the training pool (the KL runs only)")
     parser.add_argument("--filtered-threshold", type=float, default=None,
                         help="also train InfoNCE with hard negatives, those above this P(Yes) dropped (no KL)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

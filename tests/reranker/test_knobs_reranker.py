@@ -147,8 +147,8 @@ def test_mining_summary_recall_counts_the_top_k_only(tmp_path):
              {"qid": "1:103", "positives": ["1:11"], "top": ranked, "negatives": ["1:3"]}]
     results.write_text("".join(json.dumps(line) + "\n" for line in lines))
     stats = _task_stats(results, pool_size=11)
-    assert stats == {"queries": 4, "pool": 11, "recall@1": 25.0, "recall@5": 50.0, "recall@10": 75.0,
-                     "without_negatives": 1}
+    assert stats == {"queries": 4, "pool": 11, "unlabelled": 0, "recall@1": 25.0, "recall@5": 50.0,
+                     "recall@10": 75.0, "without_negatives": 1}
 
 
 def test_mining_plan_takes_union_pools_and_seeded_random_instructions(mined_root):

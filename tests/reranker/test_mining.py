@@ -207,3 +207,31 @@ def test_tasks_a_data_set_declares_keep_their_names():
     assert task_name(9, 0) == "mscoco_task0"
     assert task_name(20, 3, {20: "clipart"}) == "clipart_task3"
     assert task_name(20, 3) == "dataset20_task3"
+
+
+def test_a_query_without_positives_is_mined_and_left_out_of_the_recall(mbeir, tiny_retriever, tmp_path):
+    """Distillation learns from queries without positives (pos_cand_list: []): mining ranks them
+    like the others, lists their whole top-k as negatives, and the recall counts only the others."""
+    from lamra.reranker.mining import mine
+
+    queries = query_records(mbeir)
+    unlabelled = {queries[0]["qid"], queries[5]["qid"]}
+    query_file = tmp_path / "q.jsonl"
+    query_file.write_text("".join(json.dumps({**q, "pos_cand_list": [] if q["qid"] in unlabelled
+                                                     else q["pos_cand_list"]}) + "\n" for q in queries))
+    out = tmp_path / "mined.jsonl"
+    summary = mine(tiny_retriever, mbeir, out, k=12, queries=[query_file], show_progress=False)
+    lines = read_lines(out)
+    assert [line["qid"] for line in lines] == [q["qid"] for q in queries]
+    for line in lines:
+        if line["qid"] in unlabelled:
+            assert line["positives"] == [] and line["positive_scores"] == []
+            assert line["negatives"] == [did for did, _ in line["top"]] and len(line["top"]) == 12
+    assert sum(stats["unlabelled"] for stats in summary.tasks.values()) == 2
+    found = 0
+    for task, stats in summary.tasks.items():
+        labelled = [line for line in lines if line["task"] == task and line["positives"]]
+        hits = sum(bool(set(line["positives"]) & {did for did, _ in line["top"][:10]}) for line in labelled)
+        assert stats["recall@10"] == pytest.approx(round(100 * hits / len(labelled), 2)), task
+        found += hits
+    assert found  # a recall above 0, so counting the unlabelled queries as misses would show

@@ -222,3 +222,40 @@ def test_filter_negatives_command_reports_the_drops_per_task(mined, scored, tmp_
                  "--out", str(tmp_path / "g.jsonl"), "--threshold", "0.5"])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error:") and "missing.jsonl" in error and "Traceback" not in error
+
+
+def test_queries_without_positives_are_scored_and_left_out_of_the_filtered_queries(mined, sharp_reranker, tmp_path):
+    """A query log without labels: its top-k is scored (what distillation learns from), the
+    positive / negative means leave it out, and filtering (for InfoNCE) leaves the query out."""
+    from lamra.reranker.teacher_scores import score_teacher, write_filtered_queries
+
+    root, mined_file = mined
+    lines = [json.loads(line) for line in mined_file.read_text().splitlines()]
+    unlabelled = {lines[0]["qid"], lines[3]["qid"]}
+    for line in lines:
+        if line["qid"] in unlabelled:
+            line.update(positives=[], positive_scores=[], negatives=[did for did, _ in line["top"]])
+    mined_copy = tmp_path / "mined.jsonl"
+    mined_copy.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    Path(str(mined_copy) + ".summary.json").write_text(Path(str(mined_file) + ".summary.json").read_text())
+    queries = [json.loads(line) for line in (root / "query" / "union_train" / "mbeir_union_up_train.jsonl")
+               .read_text().splitlines()]
+    query_file = tmp_path / "q.jsonl"
+    query_file.write_text("".join(json.dumps({**q, "pos_cand_list": [] if q["qid"] in unlabelled
+                                                     else q["pos_cand_list"]}) + "\n" for q in queries))
+    out = tmp_path / "scores.jsonl"
+    summary = score_teacher(sharp_reranker, root, mined_copy, out, k=3, queries=[query_file], show_progress=False)
+    _, records = read_teacher_scores(out)
+    by_qid = {r.qid: r for r in records}
+    for qid in unlabelled:
+        assert by_qid[qid].positives == [] and [d for d, _, _ in by_qid[qid].candidates] == \
+            [d for d, _ in next(line for line in lines if line["qid"] == qid)["top"][:3]]
+    assert sum(stats["unlabelled"] for stats in summary.tasks.values()) == 2
+    for task, stats in summary.tasks.items():
+        negatives = [p for r in records if r.task == task and r.positives
+                     for d, _, p in r.candidates if d not in r.positives]
+        assert stats["p_yes_negatives"] == pytest.approx(round(sum(negatives) / len(negatives), 4))
+    filtered = tmp_path / "filtered.jsonl"
+    counts = write_filtered_queries(out, root, filtered, threshold=1.0, queries=[query_file])
+    assert sum(row["unlabelled"] for row in counts.values()) == 2
+    assert not {json.loads(line)["qid"] for line in filtered.read_text().splitlines()} & unlabelled

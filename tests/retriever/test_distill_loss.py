@@ -83,3 +83,43 @@ def test_the_kl_term_compares_each_query_with_its_own_candidates():
     nce = info_nce(sides["query"], sides["positive"], temperature=0.05, gather=False)
     assert float(values["kl"]) == pytest.approx(expected_kl, abs=1e-5)
     assert float(values["loss"].detach()) == pytest.approx(float(nce.detach()) + 0.5 * expected_kl, abs=1e-5)
+
+
+# -- queries without a positive: InfoNCE over the labelled rows, the KL term over every row -----
+
+def reference_info_nce(queries, positives, rows, temperature=0.05) -> float:
+    """-log softmax(q_i . p / T)[i], averaged over ``rows``: every positive is a candidate."""
+    logits = (queries @ positives.T / temperature).tolist()
+    total = 0.0
+    for i in rows:
+        total += -(logits[i][i] - math.log(sum(math.exp(v) for v in logits[i])))
+    return total / len(rows)
+
+
+def test_info_nce_over_the_labelled_rows_equals_the_reference_and_keeps_every_candidate():
+    queries, positives = unit(4, 8, seed=10).requires_grad_(), unit(4, 8, seed=11).requires_grad_()
+    labelled = torch.tensor([True, False, True, False])
+    value = info_nce(queries, positives, temperature=0.05, gather=False, labelled=labelled)
+    assert float(value) == pytest.approx(reference_info_nce(queries.detach(), positives.detach(), [0, 2]), abs=1e-5)
+    value.backward()
+    assert float(queries.grad[[1, 3]].abs().max()) == 0.0  # an unlabelled query learns nothing from InfoNCE
+    assert float(positives.grad[[1, 3]].abs().max()) > 0  # its stand-in is still a negative for the others
+    every = info_nce(queries, positives, temperature=0.05, gather=False, labelled=torch.ones(4, dtype=torch.bool))
+    assert float(every) == pytest.approx(float(info_nce(queries, positives, temperature=0.05, gather=False)))
+    none = info_nce(queries, positives, temperature=0.05, gather=False, labelled=torch.zeros(4, dtype=torch.bool))
+    assert float(none) == 0.0 and none.requires_grad
+
+
+def test_an_unlabelled_query_learns_from_the_kl_term_alone():
+    teacher = torch.randn(3, 4, generator=torch.Generator().manual_seed(5)) * 5
+    sides = embeddings_with_grad()
+    labelled = torch.tensor([True, False, True])
+    values = distill_loss(sides, teacher, weight=0.5, temperature=0.05, gather=False, labelled=labelled)
+    student = torch.stack([sides["distill"][4 * i : 4 * i + 4] @ sides["query"][i] for i in range(3)]) / 0.05
+    expected_kl = reference_kl(student.tolist(), teacher.tolist())  # every row, the unlabelled one too
+    expected_nce = reference_info_nce(sides["query"].detach(), sides["positive"].detach(), [0, 2])
+    assert float(values["kl"]) == pytest.approx(expected_kl, abs=1e-5)
+    assert float(values["info_nce"]) == pytest.approx(expected_nce, abs=1e-5)
+    assert float(values["loss"].detach()) == pytest.approx(expected_nce + 0.5 * expected_kl, abs=1e-5)
+    values["loss"].backward()
+    assert float(sides["query"].grad[1].abs().max()) > 0  # through the KL term

@@ -226,3 +226,114 @@ def test_resuming_with_another_scores_file_or_weight_is_refused(tmp_path):
     for change in ({"distill_weight": 0.0}, {"distill": "other.jsonl"}, {"distill_top_k": 10}):
         with pytest.raises(InputError, match=next(iter(change))):
             check_resumable(tmp_path, {**args.to_dict(), **change})
+
+
+# -- queries without a positive (pos_cand_list: []): the KL term alone learns from them --------
+
+def test_gradient_cache_gives_the_plain_loss_and_gradients_with_an_unlabelled_query(tiny_checkpoint, image_files):
+    from dataclasses import replace
+
+    from accelerate import Accelerator
+
+    from lamra.retriever.steps import EmbeddingModel, gradient_cache_step, plain_step
+
+    accelerator = Accelerator(cpu=True)
+    examples = distill_examples(image_files)
+    examples[1] = replace(examples[1], labelled=False)
+    results = []
+    for chunk_size in (None, 2):
+        retriever = lora_retriever(tiny_checkpoint)
+        retriever.backbone.train()
+        batch = RetrievalCollator(retriever.processor, chunk_size=chunk_size)(examples)
+        assert batch["labelled"].tolist() == [True, False, True]
+        step = gradient_cache_step if chunk_size else plain_step
+        values = step(accelerator, EmbeddingModel(retriever), batch, temperature=0.05, distill_weight=1.0)
+        results.append(({name: float(v) for name, v in values.items()}, grads_of(retriever)))
+    (plain, plain_grads), (cached, cached_grads) = results
+    # The same batch with every query labelled: the same KL term, another InfoNCE (row 1 now counts).
+    retriever = lora_retriever(tiny_checkpoint)
+    retriever.backbone.train()
+    every_row = RetrievalCollator(retriever.processor)(distill_examples(image_files))
+    assert every_row["labelled"].all()
+    labelled = plain_step(accelerator, EmbeddingModel(retriever), every_row, temperature=0.05, distill_weight=1.0)
+    assert float(labelled["kl"]) == pytest.approx(plain["kl"], abs=1e-5)
+    assert abs(float(labelled["info_nce"]) - plain["info_nce"]) > 1e-3
+    for name in ("loss", "info_nce", "kl"):
+        assert cached[name] == pytest.approx(plain[name], abs=1e-5), name
+    for name, gradient in plain_grads.items():
+        torch.testing.assert_close(cached_grads[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def unlabelled_query_file(root, path, qids: set[str]):
+    """The synthetic training queries with ``qids``' positives taken away."""
+    import json
+
+    lines = [json.loads(line) for line in (root / "query" / "union_train" / "mbeir_union_up_train.jsonl")
+             .read_text().splitlines()]
+    path.write_text("".join(json.dumps({**q, "pos_cand_list": [] if q["qid"] in qids else q["pos_cand_list"]}) + "\n"
+                            for q in lines))
+    return path
+
+
+def test_an_unlabelled_scored_query_is_a_kl_only_example_with_its_top_candidate_standing_in(tmp_path, synthetic,
+                                                                                            tiny_checkpoint):
+    import json
+
+    from lamra.errors import InputError
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.data import MBEIRTrainDataset
+    from lamra.retriever.trainer import build_dataset
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"})
+    lines = scores.read_text().splitlines()
+    unlabelled_qid = json.loads(lines[2])["qid"]  # the second scored query: as mining writes one without positives
+    lines[2] = json.dumps({**json.loads(lines[2]), "positives": []})
+    scores.write_text("\n".join(lines) + "\n")
+    queries = unlabelled_query_file(synthetic, tmp_path / "q.jsonl", {unlabelled_qid})
+    dataset = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, train_queries=str(queries),
+                                         use_hard_negatives=True))
+    record = dataset.records[1]
+    assert record.qid == unlabelled_qid
+    for epoch in (0, 1):
+        example = dataset.example(1, epoch)
+        top = [did for did, _, _ in record.candidates[:3]]
+        assert not example.labelled and example.query.id == unlabelled_qid
+        assert example.positive.id == top[0] and example.hard_negative.id == top[1]
+        assert [c.id for c in example.distill[0]] == top
+        assert example.distill[1] == pytest.approx([(0.8 - 0.1 * n + 0.3 * n) / 2 / 0.05 for n in range(3)])
+        assert example.instruction  # drawn as for a positive of the stand-in's modality
+    assert dataset.example(0).labelled and dataset.example(2).labelled
+    # Without the KL term nothing is learnt from it: it is left out.
+    no_kl = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, train_queries=str(queries),
+                                       distill_weight=0.0))
+    assert [r.qid for r in no_kl.records] == [dataset.records[0].qid, dataset.records[2].qid]
+    # Training without distillation refuses a query without positives, naming where.
+    with pytest.raises(InputError, match="no positive candidate") as error:
+        MBEIRTrainDataset(synthetic, queries=queries)
+    assert (error.value.file, error.value.line, error.value.field) == (str(queries), 2, "pos_cand_list")
+
+
+def test_the_cli_trains_on_a_query_file_with_unlabelled_queries(tmp_path, synthetic, tiny_checkpoint):
+    """`lamra train retriever --distill` end to end, a scored query without positives among the
+    labelled ones: every step logs both terms, and an adapter is written."""
+    import json
+
+    from lamra.cli import main
+    from lamra.qwen2vl.backbone import _model_id
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"}, queries=4)
+    lines = scores.read_text().splitlines()
+    unlabelled = {json.loads(lines[n])["qid"] for n in (2, 3)}
+    lines[2:4] = [json.dumps({**json.loads(line), "positives": []}) for line in lines[2:4]]
+    scores.write_text("\n".join(lines) + "\n")
+    queries = unlabelled_query_file(synthetic, tmp_path / "q.jsonl", unlabelled)
+    code = main(["train", "retriever", "--model", str(tiny_checkpoint), "--data", str(synthetic),
+                 "--distill", str(scores), "--output-dir", str(tmp_path / "out"), "--device", "cpu",
+                 "--set", "data_kind=mbeir", "--set", f"train_queries={queries}", "--set", "distill_top_k=3",
+                 "--set", "global_batch_size=4", "--set", "epochs=2", "--set", "logging_steps=1"])
+    assert code == 0
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(record["kl"] > 0 and record["info_nce"] > 0 for record in log)
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()

@@ -56,7 +56,9 @@ def score_teacher(
     for name, stats in summary.tasks.items():
         typer.echo(f"{name:<24}{stats['queries']:>8}{_number(stats['p_yes_positives']):>12}"
                    f"{_number(stats['p_yes_negatives']):>12}")
-    typer.echo(f"scored the top {k} of {summary.queries} queries into {out}")
+    unlabelled = sum(stats.get("unlabelled", 0) for stats in summary.tasks.values())
+    typer.echo(f"scored the top {k} of {summary.queries} queries into {out}"
+               + (f"; {unlabelled} without a positive (P(Yes) pos / neg leave them out)" if unlabelled else ""))
 
 
 def filter_negatives(

@@ -84,5 +84,8 @@ def mine(
         typer.echo(f"{name:<24}{stats['queries']:>8}{stats['pool']:>9}{stats['recall@1']:>8.1f}"
                    f"{stats['recall@5']:>8.1f}{stats['recall@10']:>8.1f}")
     without = sum(stats["without_negatives"] for stats in summary.tasks.values())
+    unlabelled = sum(stats.get("unlabelled", 0) for stats in summary.tasks.values())
     typer.echo(f"mined the top {k} of {summary.queries} queries into {out}"
-               + (f"; {without} query(ies) have no negative in their top {k}" if without else ""))
+               + (f"; {without} query(ies) have no negative in their top {k}" if without else "")
+               + (f"; {unlabelled} query(ies) have no positive (recall is over the others; distillation "
+                  "learns from their top-k alone)" if unlabelled else ""))

@@ -378,8 +378,10 @@ def _check_src_content(record: dict, key: str, problems: list) -> None:
         problems.append((key, f"must be a JSON string or null, got {type(value).__name__}"))
 
 
-def query_problems(record: dict) -> list[tuple[str, str]]:
-    """Every (field, message) wrong with a query record (empty when it is good)."""
+def query_problems(record: dict, *, unlabelled_ok: bool = False) -> list[tuple[str, str]]:
+    """Every (field, message) wrong with a query record (empty when it is good). With
+    ``unlabelled_ok`` an empty ``pos_cand_list`` is no problem: a query without a known positive,
+    which mining ranks, the reranker scores and distillation learns from (the KL term alone)."""
     problems: list[tuple[str, str]] = []
     for key in QUERY_FIELDS:
         if key not in record and key != "neg_cand_list":
@@ -391,7 +393,7 @@ def query_problems(record: dict) -> list[tuple[str, str]]:
         value = record.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append((key, "must be a list of did strings"))
-    if isinstance(record.get("pos_cand_list"), list) and not record["pos_cand_list"]:
+    if isinstance(record.get("pos_cand_list"), list) and not record["pos_cand_list"] and not unlabelled_ok:
         problems.append(("pos_cand_list", "no positive candidate"))
     task_id = record.get("task_id")
     if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id not in TASK_MODALITIES:
@@ -416,9 +418,10 @@ def candidate_problems(record: dict) -> list[tuple[str, str]]:
     return problems
 
 
-def query_from_record(record: dict, *, file: str | None = None, line: int | None = None) -> MBEIRQuery:
+def query_from_record(record: dict, *, file: str | None = None, line: int | None = None,
+                      unlabelled_ok: bool = False) -> MBEIRQuery:
     """A query from a parsed line; the first problem raises an InputError naming file/line/field."""
-    problems = query_problems(record)
+    problems = query_problems(record, unlabelled_ok=unlabelled_ok)
     if problems:
         key, message = problems[0]
         raise InputError(message, file=file, line=line, item=_str_or_none(record.get("qid")), field=key)
@@ -443,11 +446,12 @@ def _str_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def iter_queries(path: str | os.PathLike) -> Iterator[MBEIRQuery]:
-    """Stream the queries of a query jsonl; a bad line raises an InputError naming it."""
+def iter_queries(path: str | os.PathLike, *, unlabelled_ok: bool = False) -> Iterator[MBEIRQuery]:
+    """Stream the queries of a query jsonl; a bad line raises an InputError naming it.
+    ``unlabelled_ok``: queries with an empty ``pos_cand_list`` pass (:func:`query_problems`)."""
     for line, record in iter_jsonl(path):
         if record is not None:
-            yield query_from_record(record, file=str(path), line=line)
+            yield query_from_record(record, file=str(path), line=line, unlabelled_ok=unlabelled_ok)
 
 
 def iter_candidates(path: str | os.PathLike) -> Iterator[MBEIRCandidate]:
@@ -458,10 +462,10 @@ def iter_candidates(path: str | os.PathLike) -> Iterator[MBEIRCandidate]:
             yield candidate_from_record(record, file=str(path), line=line)
 
 
-def read_queries(path: str | os.PathLike) -> list[MBEIRQuery]:
+def read_queries(path: str | os.PathLike, *, unlabelled_ok: bool = False) -> list[MBEIRQuery]:
     """All queries of a file, refusing a repeated qid."""
     queries, seen = [], {}
-    for query in iter_queries(path):
+    for query in iter_queries(path, unlabelled_ok=unlabelled_ok):
         if query.qid in seen:
             raise InputError(f"duplicate qid (first on line {seen[query.qid]})", file=str(path), line=query.line,
                              item=query.qid, field="qid")

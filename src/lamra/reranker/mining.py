@@ -176,7 +176,8 @@ class _Plan:
 
 
 def _read_queries(files: list[Path]) -> tuple[list[MBEIRQuery], list[Path]]:
-    queries, sources = read_query_files(files)
+    # Queries without positives are mined too: distillation learns from their top-k alone.
+    queries, sources = read_query_files(files, unlabelled_ok=True)
     seen: dict[str, Path] = {}
     for query, path in zip(queries, sources):
         if query.qid in seen:
@@ -430,11 +431,13 @@ def task_filter(plan: _Plan, name: str) -> str:
 
 
 def _task_stats(path: Path, pool_size: int) -> dict:
-    """Recall@1/5/10 of the retriever on the task's training queries, and how many negatives each has."""
+    """Recall@1/5/10 of the retriever on the task's training queries with positives, how many have
+    none (unlabelled), and how many have no negative."""
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    stats: dict = {"queries": len(records), "pool": pool_size}
+    labelled = [r for r in records if r["positives"]]
+    stats: dict = {"queries": len(records), "pool": pool_size, "unlabelled": len(records) - len(labelled)}
     for cut in (1, 5, 10):
-        hits = [bool(set(r["positives"]) & {did for did, _ in r["top"][:cut]}) for r in records]
+        hits = [bool(set(r["positives"]) & {did for did, _ in r["top"][:cut]}) for r in labelled]
         stats[f"recall@{cut}"] = round(100 * sum(hits) / max(1, len(hits)), 2)
     stats["without_negatives"] = sum(1 for r in records if not r["negatives"])
     return stats

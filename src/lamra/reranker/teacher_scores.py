@@ -147,7 +147,7 @@ def score_teacher(reranker, root: str | os.PathLike, mined: str | os.PathLike, o
 
 def _query_items(root: Path, queries, wanted: set[str], mined: Path) -> dict:
     files = [Path(q) for q in queries] if queries else default_query_files(root)
-    found = {q.qid: q.item(root) for q in read_query_files(files)[0] if q.qid in wanted}
+    found = {q.qid: q.item(root) for q in read_query_files(files, unlabelled_ok=True)[0] if q.qid in wanted}
     missing = sorted(wanted - set(found))
     if missing:
         raise InputError(f"mined query {missing[0]!r} is not in the training queries "
@@ -157,17 +157,22 @@ def _query_items(root: Path, queries, wanted: set[str], mined: Path) -> dict:
 
 
 def _task_stats(records: list[TeacherRecord]) -> dict[str, dict]:
-    """Per task: queries, and the reranker's mean P(Yes) on the positives and on the negatives."""
+    """Per task: queries, how many have no positive, and the reranker's mean P(Yes) on the
+    positives and on the negatives (of the queries with positives)."""
     stats: dict[str, dict] = {}
     for record in records:
-        row = stats.setdefault(record.task or "", {"queries": 0, "positives": [], "negatives": []})
+        row = stats.setdefault(record.task or "", {"queries": 0, "unlabelled": 0, "positives": [], "negatives": []})
         row["queries"] += 1
+        if not record.positives:
+            row["unlabelled"] += 1
+            continue
         for did, _, probability in record.candidates:
             row["positives" if did in record.positives else "negatives"].append(probability)
     def mean(values: list[float]):
         return round(sum(values) / len(values), 4) if values else None
 
-    return {task: {"queries": row["queries"], "p_yes_positives": mean(row["positives"]),
+    return {task: {"queries": row["queries"], "unlabelled": row["unlabelled"],
+                   "p_yes_positives": mean(row["positives"]),
                    "p_yes_negatives": mean(row["negatives"])} for task, row in stats.items()}
 
 
@@ -177,7 +182,8 @@ def write_filtered_queries(scores: str | os.PathLike, root: str | os.PathLike, o
     """Each scored query's training line, with ``neg_cand_list`` its top-k negatives minus those the
     reranker judges relevant (:func:`lamra.training.distill_data.filter_negatives`), into ``out``
     (a query jsonl for ``train_queries`` with ``use_hard_negatives``); a query left with no
-    negative is left out. Returns per task the queries, negatives kept and dropped, queries left out."""
+    negative, or without a positive (unlabelled), is left out. Returns per task the queries,
+    negatives kept and dropped, queries left out (and how many of those were unlabelled)."""
     if threshold is None and margin is None:
         raise InputError("give a threshold or a margin (or both)", field="threshold")
     _, records = read_teacher_scores(scores)
@@ -189,9 +195,14 @@ def write_filtered_queries(scores: str | os.PathLike, root: str | os.PathLike, o
             if record is None or record.get("qid") not in by_qid:
                 continue
             scored = by_qid.pop(record["qid"])
-            kept, dropped = filter_negatives(scored, threshold=threshold, margin=margin)
-            row = counts.setdefault(scored.task or "", {"queries": 0, "kept": 0, "dropped": 0, "left_out": 0})
+            row = counts.setdefault(scored.task or "", {"queries": 0, "kept": 0, "dropped": 0, "left_out": 0,
+                                                        "unlabelled": 0})
             row["queries"] += 1
+            if not scored.positives:  # InfoNCE has nothing to learn from a query without a positive
+                row["unlabelled"] += 1
+                row["left_out"] += 1
+                continue
+            kept, dropped = filter_negatives(scored, threshold=threshold, margin=margin)
             row["kept"] += len(kept)
             row["dropped"] += len(dropped)
             if not kept:  # use_hard_negatives refuses a query without one

@@ -43,6 +43,8 @@ class RetrievalCollator:
 
             batch["distill"] = self._side([(item, None) for e in examples for item in e.distill[0]])
             batch["teacher"] = torch.tensor([list(e.distill[1]) for e in examples], dtype=torch.float32)
+            # Always there when distilling, so every rank gathers the same parts.
+            batch["labelled"] = torch.tensor([e.labelled for e in examples], dtype=torch.bool)
         return batch
 
     def _side(self, items: list) -> list[dict]:

@@ -32,6 +32,7 @@ class Example:
     instruction: str | None = None
     hard_negative: Item | None = None
     distill: tuple | None = None  # distillation: (the query's k candidates, their teacher logits)
+    labelled: bool = True  # False: no known positive (``positive`` stands in); InfoNCE skips the query
 
 
 class PairDataset:
@@ -63,7 +64,8 @@ class MBEIRTrainDataset:
     """
 
     def __init__(self, root: str | os.PathLike, *, queries: str | os.PathLike | None = None,
-                 pool: str | os.PathLike | None = None, seed: int = 0, use_hard_negatives: bool = False):
+                 pool: str | os.PathLike | None = None, seed: int = 0, use_hard_negatives: bool = False,
+                 unlabelled_ok: bool = False):
         self.root = Path(root)
         layout = MBEIRLayout(root)
         self.query_files = [Path(queries)] if queries else default_query_files(self.root)
@@ -71,7 +73,9 @@ class MBEIRTrainDataset:
         self.instructions = load_instructions(root)
         self.seed = seed
         self.use_hard_negatives = use_hard_negatives
-        self.queries, self._query_files = read_query_files(self.query_files)
+        # Queries without positives (distillation: the KL term alone learns from them) are kept
+        # for DistillDataset; example() never draws from them.
+        self.queries, self._query_files = read_query_files(self.query_files, unlabelled_ok=unlabelled_ok)
         needed = {did for q in self.queries for did in q.positives + (q.negatives if use_hard_negatives else [])}
         self.candidates = {c.did: c for c in iter_candidates(self.pool_file) if c.did in needed}
         self._check()
@@ -81,7 +85,7 @@ class MBEIRTrainDataset:
         problems = []
         for query, path in zip(self.queries, self._query_files):
             problems += query_problems(query, path, self.candidates, self.pool_file, self.root)
-            if self.use_hard_negatives and not [d for d in query.negatives if d in self.candidates]:
+            if self.use_hard_negatives and query.positives and not [d for d in query.negatives if d in self.candidates]:
                 problems.append(InputError("no hard negative in the pool", field="neg_cand_list",
                                            file=str(path), line=query.line, item=query.qid))
         problems += candidate_problems(self.candidates.values(), self.pool_file, self.root)
@@ -95,6 +99,8 @@ class MBEIRTrainDataset:
     def example(self, index: int, epoch: int = 0) -> Example:
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
         query = self.queries[index]
+        if not query.positives:
+            raise ValueError(f"query {query.qid} has no positive: only distillation learns from it")
         positive = self.candidates[rng.choice(query.positives)]
         instruction = random_instruction(self.instructions, query.dataset_id, query.modality, positive.modality, rng)
         negative = None
@@ -111,9 +117,10 @@ def mbeir_item(root: Path, item_id: str, text: str | None, image: str | None) ->
     return Item(text=text or None, images=[root / image] if image else [], id=item_id)
 
 
-def read_query_files(files: list[Path]) -> tuple[list, list[Path]]:
-    """Every query of ``files`` in order, and the file each one came from."""
-    sources = [(query, path) for path in files for query in read_queries(path)]
+def read_query_files(files: list[Path], *, unlabelled_ok: bool = False) -> tuple[list, list[Path]]:
+    """Every query of ``files`` in order, and the file each one came from (``unlabelled_ok``: as
+    :func:`lamra.data.mbeir.read_queries`)."""
+    sources = [(query, path) for path in files for query in read_queries(path, unlabelled_ok=unlabelled_ok)]
     return [query for query, _ in sources], [path for _, path in sources]
 
 
@@ -124,8 +131,6 @@ def query_problems(query, path: Path, candidates: dict, pool_file: Path, root: P
     problems = []
     if query.task_id not in TASK_MODALITIES:
         problems.append(InputError(f"unknown task id {query.task_id!r}", field="task_id", **where))
-    if not query.positives:
-        problems.append(InputError("no positive candidate", field="pos_cand_list", **where))
     for did in query.positives:
         if did not in candidates:
             problems.append(InputError(f"positive {did!r} is not in {pool_file}", field="pos_cand_list", **where))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,18 +44,19 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temperature: float = DEFAULT_TEMPERATURE,
-                 gather: bool = True) -> dict:
+                 gather: bool = True, labelled: torch.Tensor | None = None) -> dict:
     """InfoNCE (as :func:`info_nce`) plus ``weight`` times the KL term; returns the three values.
 
     ``embeddings``: unit vectors by side, "query" (B, D), "positive" (B, D), optional
     "hard_negative" (B, D) and "distill" (B * K, D: query i's k candidates in rows i*K..i*K+K-1);
     ``teacher``: (B, K) teacher logits. With ``gather`` and a process group, queries, candidates
-    and teacher logits of every rank join one global batch, as InfoNCE's do.
+    and teacher logits of every rank join one global batch, as InfoNCE's do. ``labelled`` (B,)
+    bool: InfoNCE over those rows only (:func:`~.loss.info_nce`); the KL term takes every row.
     """
     from .loss import info_nce
 
     nce = info_nce(embeddings["query"], embeddings["positive"], embeddings.get("hard_negative"),
-                   temperature=temperature, gather=gather)
+                   temperature=temperature, gather=gather, labelled=labelled)
     # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
     queries, candidates = embeddings["query"], embeddings["distill"]
     teacher = teacher.to(queries.device)
@@ -81,6 +83,12 @@ class DistillDataset:
     made it (``retriever`` / ``reranker``: fingerprints to compare, see
     :func:`lamra.training.distill_data.check_teacher_models`). ``candidates`` false gives the
     same examples without them: the same recipe without the KL term, at InfoNCE's cost.
+
+    A scored query without positives (``pos_cand_list: []``: a query log without labels) is
+    learnt from by the KL term alone: its example is marked unlabelled, its top candidate stands
+    in as the positive (a negative for the other queries; InfoNCE skips the query's own row)
+    and its list is the top-k. Without the KL term (``candidates`` false) such queries teach
+    nothing and are left out.
     """
 
     def __init__(self, base, scores: str | os.PathLike, *, top_k: int = 50, retrieval_weight: float = 1.0,
@@ -104,6 +112,15 @@ class DistillDataset:
                 raise InputError("distilling with the positive needs its scores, and this line has none: mine and "
                                  "score again (`lamra mine`, `lamra score-teacher` record them)", file=str(self.path),
                                  line=record.line, item=record.qid, field="positive_scores")
+        if not candidates:  # weight 0: nothing to learn from a query without a positive
+            labelled = [r for r in records if base.queries[row_of[r.qid]].positives]
+            if len(labelled) < len(records):
+                logger.info("%s: %d scored queries without a positive left out (no KL term)", self.path,
+                            len(records) - len(labelled))
+            records = labelled
+            if not records:
+                raise InputError("without the KL term (distill_weight 0) only queries with positives are learnt "
+                                 "from, and no scored query has one", file=str(self.path), field="pos_cand_list")
         self.k = min(top_k, *(len(r.candidates) for r in records))
         if self.k < 2:
             raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",
@@ -121,6 +138,7 @@ class DistillDataset:
                              file=str(self.path), line=record.line, item=record.qid, field="candidates")
         raise_problems(candidate_problems(pool.values(), base.pool_file, base.root), "the distilled candidates")
         self._items = {did: mbeir_item(base.root, did, c.text, c.image) for did, c in pool.items()}
+        self._modality = {did: c.modality for did, c in pool.items()}
         self._weights = dict(retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature)
         self._teacher = [self._logits(r.candidates[: self.k]) for r in records]
 
@@ -133,6 +151,8 @@ class DistillDataset:
 
     def example(self, index: int, epoch: int = 0):
         record = self.records[index]
+        if not self.base.queries[self.rows[index]].positives:
+            return self._unlabelled_example(index, epoch)
         example = self.base.example(self.rows[index], epoch)
         if not self.candidates:
             return example
@@ -145,3 +165,19 @@ class DistillDataset:
         positive = next(scored for scored in record.positive_scores if scored[0] == drawn)
         candidates = (example.positive, *(self._items[did] for did, _, _ in others))
         return replace(example, distill=(candidates, self._logits([positive, *others])))
+
+    def _unlabelled_example(self, index: int, epoch: int):
+        """A query without positives: its top candidate stands in as the positive (and the next as
+        the hard negative, when the batch has them), the instruction drawn as for a positive of that
+        modality, the list its top-k."""
+        from .data import Example, mbeir_item, random_instruction
+
+        record, row = self.records[index], self.rows[index]
+        query = self.base.queries[row]
+        rng = random.Random(f"{self.base.seed}/{epoch}/{row}")
+        dids = [did for did, _, _ in record.candidates[: self.k]]
+        instruction = random_instruction(self.base.instructions, query.dataset_id, query.modality,
+                                         self._modality[dids[0]], rng)
+        return Example(mbeir_item(self.base.root, query.qid, query.text, query.image), self._items[dids[0]],
+                       instruction, self._items[dids[1]] if self.base.use_hard_negatives else None,
+                       distill=(tuple(self._items[did] for did in dids), self._teacher[index]), labelled=False)

@@ -8,13 +8,16 @@ from ..training.args import DEFAULT_TEMPERATURE
 
 
 def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None, *,
-             temperature: float = DEFAULT_TEMPERATURE, gather: bool = True) -> torch.Tensor:
+             temperature: float = DEFAULT_TEMPERATURE, gather: bool = True,
+             labelled: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE with in-batch negatives: query i's positive is candidate i, every other candidate
     (other queries' positives, then any explicit hard negatives) is a negative.
 
     Inputs are unit vectors (B, D). With ``gather`` and a process group, every rank's queries
     and candidates join one global batch (gradients flow back to their owners), so all ranks
-    compute the same loss: the paper's global-batch negatives.
+    compute the same loss: the paper's global-batch negatives. ``labelled`` (B,) bool: the mean
+    is over the rows where it is true (a query without a known positive brings a stand-in that
+    is only a negative for the others); zero, with a graph, when no row is.
     """
     if gather:
         from ..distributed import all_gather_with_grad
@@ -22,7 +25,14 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
         queries, positives = all_gather_with_grad(queries), all_gather_with_grad(positives)
         if hard_negatives is not None:
             hard_negatives = all_gather_with_grad(hard_negatives)
+        if labelled is not None:
+            labelled = all_gather_with_grad(labelled.to(queries.device, torch.float32)) > 0.5
     candidates = positives if hard_negatives is None else torch.cat([positives, hard_negatives])
     logits = queries.float() @ candidates.float().T / temperature
     labels = torch.arange(queries.shape[0], device=queries.device)
-    return torch.nn.functional.cross_entropy(logits, labels)
+    if labelled is None:
+        return torch.nn.functional.cross_entropy(logits, labels)
+    labelled = labelled.to(queries.device).bool()
+    if not labelled.any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[labelled], labels[labelled])

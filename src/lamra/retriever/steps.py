@@ -41,7 +41,8 @@ def _loss(embeddings, batch: dict, *, temperature: float, distill_weight: float)
     from .distill import distill_loss
 
     named = dict(zip([side for side in SIDES if side in batch], embeddings))
-    return distill_loss(named, batch["teacher"], weight=distill_weight, temperature=temperature)
+    return distill_loss(named, batch["teacher"], weight=distill_weight, temperature=temperature,
+                        labelled=batch.get("labelled"))
 
 
 def _total(values) -> torch.Tensor:

@@ -34,8 +34,9 @@ def build_dataset(args: RetrieverTrainingArgs):
 
     if args.data_kind == "pairs":
         return PairDataset(args.data, use_hard_negatives=args.use_hard_negatives)
+    # Distillation also learns from queries without a positive (the KL term alone).
     dataset = MBEIRTrainDataset(args.data, queries=args.train_queries, pool=args.train_pool, seed=args.seed,
-                                use_hard_negatives=args.use_hard_negatives)
+                                use_hard_negatives=args.use_hard_negatives, unlabelled_ok=bool(args.distill))
     return distill_dataset(args, dataset) if args.distill else dataset
 
 

@@ -93,11 +93,12 @@ def _record(record: dict, seen: dict[str, int], where: dict) -> TeacherRecord:
         raise InputError(f"duplicate qid (first on line {seen[qid]})", field="qid", **where)
     seen[qid] = where["line"]
     positives, candidates = record.get("positives"), record.get("candidates")
-    if not isinstance(positives, list) or not positives or not all(isinstance(d, str) for d in positives):
-        raise InputError("positives must be a non-empty list of did strings", field="positives", **where)
+    # Empty for a query without positives (learnt from by the KL term alone).
+    if not isinstance(positives, list) or not all(isinstance(d, str) for d in positives):
+        raise InputError("positives must be a list of did strings", field="positives", **where)
     candidates = _scored_list(candidates, "candidates", where)
     positive_scores = record.get("positive_scores")
-    if positive_scores is not None:
+    if positive_scores is not None and (positive_scores or positives):
         positive_scores = _scored_list(positive_scores, "positive_scores", where)
         if sorted(did for did, _, _ in positive_scores) != sorted(positives):
             raise InputError("positive_scores must score each positive once", field="positive_scores", **where)
