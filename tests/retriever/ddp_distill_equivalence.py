@@ -2,7 +2,8 @@
 
 python -m torch.distributed.run --nproc-per-node N ddp_distill_equivalence.py CHECKPOINT OUT [--chunk-size K]
 Every process takes its contiguous share of the same global batch of 4 text queries, each with
-its positive and 3 candidates with teacher logits.
+its positive and 3 candidates with teacher logits; the second has no known positive (its row is
+out of InfoNCE).
 """
 
 import sys
@@ -27,7 +28,8 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
     colours = ["red", "green", "blue", "yellow"]
     examples = [Example(Item(text=f"a {c} thing number {i}"), Item(text=f"the {c} one" + " again" * i),
                         distill=(tuple(Item(text=f"{c} candidate {j}") for j in range(3)),
-                                 (float(3 * i), float(5 - i), float(i * i))))
+                                 (float(3 * i), float(5 - i), float(i * i))),
+                        labelled=i != 1)  # query 1 without a positive: InfoNCE's mask is gathered too
                 for i, c in enumerate(colours)]
     mine = rank_share(examples, accelerator)
     batch = RetrievalCollator(retriever.processor, text_rule="raw", chunk_size=chunk_size)(mine)
