@@ -123,7 +123,7 @@ def run(args) -> dict:
     return results
 
 
-def with_unlabelled_queries(data: Path, root: Path, count: int) -> tuple[Path, Path]:
+def with_unlabelled_queries(data: Path, root: Path, count: int, wordnet_root: Path | None = None) -> tuple[Path, Path]:
     """A copy of the demo data at ``root`` (pictures linked) whose union training pool also holds
     the first example sentence of ``count`` WordNet synsets no split uses (lemmas absent from every
     query, pool and pair file; no text seen there), and a query file: the labelled WordNet training
@@ -154,7 +154,7 @@ def with_unlabelled_queries(data: Path, root: Path, count: int) -> tuple[Path, P
             used_lemmas.add(pair["sent0"].split(":")[0].casefold())
             used_texts.update(pair[key].strip().casefold() for key in ("sent0", "sent1", "hard_neg"))
     groups: dict[str, list] = {}
-    for synset in wordnet.read_synsets(wordnet.DEBIAN_ROOT):
+    for synset in wordnet.read_synsets(wordnet_root or wordnet.DEBIAN_ROOT):
         if synset.examples and synset.lemma.casefold() not in used_lemmas:
             groups.setdefault(synset.lemma.casefold(), []).append(synset)
     lemmas = sorted(groups)
