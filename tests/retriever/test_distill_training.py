@@ -279,6 +279,7 @@ def test_an_unlabelled_scored_query_is_a_kl_only_example_with_its_top_candidate_
                                                                                             tiny_checkpoint):
     import json
 
+    from lamra.data.mbeir import TASK_MODALITIES
     from lamra.errors import InputError
     from lamra.qwen2vl.backbone import _model_id
     from lamra.retriever.data import MBEIRTrainDataset
@@ -302,7 +303,9 @@ def test_an_unlabelled_scored_query_is_a_kl_only_example_with_its_top_candidate_
         assert example.positive.id == top[0] and example.hard_negative.id == top[1]
         assert [c.id for c in example.distill[0]] == top
         assert example.distill[1] == pytest.approx([(0.8 - 0.1 * n + 0.3 * n) / 2 / 0.05 for n in range(3)])
-        assert example.instruction  # drawn as for a positive of the stand-in's modality
+        query = dataset.base.queries[dataset.rows[1]]  # the instruction: one of the task's
+        assert example.instruction in dataset.base.instructions.prompts[
+            (query.dataset_id, query.modality, TASK_MODALITIES[query.task_id][1])]
     assert dataset.example(0).labelled and dataset.example(2).labelled
     # Without the KL term nothing is learnt from it: it is left out.
     no_kl = build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, train_queries=str(queries),

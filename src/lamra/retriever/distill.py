@@ -138,7 +138,6 @@ class DistillDataset:
                              file=str(self.path), line=record.line, item=record.qid, field="candidates")
         raise_problems(candidate_problems(pool.values(), base.pool_file, base.root), "the distilled candidates")
         self._items = {did: mbeir_item(base.root, did, c.text, c.image) for did, c in pool.items()}
-        self._modality = {did: c.modality for did, c in pool.items()}
         self._weights = dict(retrieval_weight=retrieval_weight, rerank_weight=rerank_weight, temperature=temperature)
         self._teacher = [self._logits(r.candidates[: self.k]) for r in records]
 
@@ -168,8 +167,9 @@ class DistillDataset:
 
     def _unlabelled_example(self, index: int, epoch: int):
         """A query without positives: its top candidate stands in as the positive (and the next as
-        the hard negative, when the batch has them), the instruction drawn as for a positive of that
-        modality, the list its top-k."""
+        the hard negative, when the batch has them), the instruction drawn as for a positive of the
+        task's candidate modality (a union-pool top candidate may have another), the list its top-k."""
+        from ..data.mbeir import TASK_MODALITIES
         from .data import Example, mbeir_item, random_instruction
 
         record, row = self.records[index], self.rows[index]
@@ -177,7 +177,7 @@ class DistillDataset:
         rng = random.Random(f"{self.base.seed}/{epoch}/{row}")
         dids = [did for did, _, _ in record.candidates[: self.k]]
         instruction = random_instruction(self.base.instructions, query.dataset_id, query.modality,
-                                         self._modality[dids[0]], rng)
+                                         TASK_MODALITIES[query.task_id][1], rng)
         return Example(mbeir_item(self.base.root, query.qid, query.text, query.image), self._items[dids[0]],
                        instruction, self._items[dids[1]] if self.base.use_hard_negatives else None,
                        distill=(tuple(self._items[did] for did in dids), self._teacher[index]), labelled=False)
