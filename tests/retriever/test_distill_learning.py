@@ -134,8 +134,11 @@ def test_distillation_beats_the_same_recipe_without_the_kl_term(tmp_path, small_
     assert recall["distilled"]["Recall@1"] >= recall["no-kl"]["Recall@1"] + MARGIN, recall
 
 
+@pytest.mark.xfail(strict=True, reason=MISSED)
 def test_distillation_on_unlabelled_queries_beats_the_labelled_recipe_without_the_kl_term(tmp_path, small_tokenizer):
     """The same, with UNLABELLED_PER_TASK more training queries per task without positives: the
-    distilled run learns from them by the KL term alone, the no-KL run has only the labelled ones."""
+    distilled run learns from them by the KL term alone, the no-KL run has only the labelled ones.
+    Measured (2-core CPU, seed 0, mean over the 16 tasks, R@1 / R@5): 8.1 / 26.9 vs 13.1 / 47.8.
+    With the steps fixed, the distilled run also sees a third as many labelled rows per batch."""
     recall = distil_and_compare(tmp_path, small_tokenizer, unlabelled_per_task=UNLABELLED_PER_TASK)
     assert recall["distilled"]["Recall@1"] >= recall["no-kl"]["Recall@1"] + MARGIN, recall
