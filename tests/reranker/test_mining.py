@@ -221,6 +221,18 @@ def test_a_query_without_positives_is_mined_and_left_out_of_the_recall(mbeir, ti
                                                      else q["pos_cand_list"]}) + "\n" for q in queries))
     out = tmp_path / "mined.jsonl"
     summary = mine(tiny_retriever, mbeir, out, k=12, queries=[query_file], show_progress=False)
+    # The released code's random instruction: for a query without positives, one of its task's.
+    from lamra.data.mbeir import TASK_MODALITIES
+    from lamra.data.mbeir_instructions import load_instructions
+    from lamra.qwen2vl.prompts import format_text
+    from lamra.reranker.mining import plan_mining
+
+    table = load_instructions(mbeir)
+    plan = plan_mining(mbeir, queries=[query_file], instructions="random", seed=3)
+    for row, query in enumerate(plan.queries):
+        if query.qid in unlabelled:
+            key = (query.dataset_id, query.modality, TASK_MODALITIES[query.task_id][1])
+            assert plan.instructions[row] in {format_text(prompt) for prompt in table.prompts[key]}
     lines = read_lines(out)
     assert [line["qid"] for line in lines] == [q["qid"] for q in queries]
     for line in lines:

@@ -83,15 +83,19 @@ class Instructions:
     def random_for_query(self, query: MBEIRQuery, seed: int, modality_of: Mapping[str, str],
                          *, file: str | None = None) -> str:
         """The released code's choice, repeatable: a random positive of the query, then a random
-        instruction of the key (dataset id, query modality, that positive's modality), formatted.
+        instruction of the key (dataset id, query modality, that positive's modality), formatted;
+        for a query without positives, of its task's candidate modality.
 
         The random draws come from a generator seeded with ``seed`` and the qid, so a query gets
         the same instruction whatever the order, the tasks run or the number of processes.
         ``modality_of`` maps a did to its candidate modality (from the pool).
         """
         rng = random.Random(f"{seed}:{query.qid}")
-        did = rng.choice(query.positives)
-        modality = modality_of.get(did)
+        if not query.positives:  # a query without labels (distillation): its task's candidate modality
+            did, modality = None, TASK_MODALITIES[query.task_id][1]
+        else:
+            did = rng.choice(query.positives)
+            modality = modality_of.get(did)
         if modality is None:
             raise InputError(f"positive candidate {did!r} is not in the pool, so its modality (which picks the "
                              "instruction) is unknown", file=file, line=query.line, item=query.qid,
