@@ -8,22 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_records import records
 
 from lamra.errors import InputError
 from lamra.index import Index
 from lamra.index import build as build_module
 
 WAIT = 10  # seconds a test waits for the other thread before concluding there was no overlap
-
-
-def records(count, image_files):
-    out = []
-    for n in range(count):
-        record = {"id": f"t{n}", "text": f"item number {n} about a {['red car', 'dog', 'house'][n % 3]}"}
-        if n % 4 == 0:
-            record["image"] = str(image_files[n % len(image_files)])
-        out.append(record)
-    return out
 
 
 class EncodeOnly:

@@ -6,19 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from index_records import records
 
 from lamra.errors import IncompatibleArtifactError, InputError
 from lamra.index import Index
-
-
-def records(count, image_files, prefix="t"):
-    out = []
-    for n in range(count):
-        record = {"id": f"{prefix}{n}", "text": f"item number {n} about a {['red car', 'dog', 'house'][n % 3]}"}
-        if n % 4 == 0:
-            record["image"] = str(image_files[n % len(image_files)])
-        out.append(record)
-    return out
 
 
 class Interrupting:
