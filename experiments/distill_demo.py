@@ -117,7 +117,7 @@ def run(args) -> dict:
     results = {"retriever": str(retriever_dir), "reranker": str(reranker_dir), "data": str(data),
                "options": {k: v for k, v in vars(args).items() if k != "func"}, "seconds": seconds,
                "test": table, "val": val, "ret+rank": (record or {}).get("test", {}).get(TASK, {}).get("Ret+Rank"),
-               "unlabelled": unlabelled_top1(scores) if args.unlabelled else None}
+               "unlabelled": unlabelled_top1(scores, args.k, args.unlabelled_min_p) if args.unlabelled else None}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(report(results, args.seeds))
     return results
@@ -187,28 +187,33 @@ def with_unlabelled_queries(data: Path, root: Path, count: int, wordnet_root: Pa
     return root, query_file
 
 
-def unlabelled_top1(scores: Path) -> dict:
-    """Over the unlabelled queries: how often their own sentence (numbered alike) is in the top-k,
-    first by the retriever, and first by the teacher (the fused score the KL term learns)."""
+def unlabelled_top1(scores: Path, k: int = 10, min_p: float = 0.0) -> dict:
+    """Over the unlabelled queries the KL runs learn from (``scored`` of them; those whose best
+    P(Yes) in the top ``k`` reaches ``min_p``): how often their own sentence (numbered alike) is in
+    the top k, first by the retriever, and first by the teacher (the fused score the KL term learns)."""
     import torch
 
     from lamra.retriever.distill import teacher_logits
     from lamra.training.distill_data import read_teacher_scores
 
     counts = {"queries": 0, "in_top_k": 0, "retriever_top1": 0, "teacher_top1": 0}
+    scored = 0
     for record in read_teacher_scores(scores)[1]:
         if record.positives:
             continue
+        scored += 1
+        top = record.candidates[:k]
+        if max(p for _, _, p in top) < min_p:
+            continue
         own = f"22:{int(record.qid.split(':')[1]) - UNLABELLED_QID + UNLABELLED_DID}"
-        dids = [did for did, _, _ in record.candidates]
-        fused = teacher_logits(torch.tensor([r for _, r, _ in record.candidates]),
-                               torch.tensor([p for _, _, p in record.candidates]))
+        dids = [did for did, _, _ in top]
+        fused = teacher_logits(torch.tensor([r for _, r, _ in top]), torch.tensor([p for _, _, p in top]))
         counts["queries"] += 1
         counts["in_top_k"] += own in dids
         counts["retriever_top1"] += dids[0] == own
         counts["teacher_top1"] += dids[int(fused.argmax())] == own
-    return {name: value if name == "queries" else round(100 * value / max(1, counts["queries"]), 1)
-            for name, value in counts.items()}
+    return {"scored": scored, **{name: value if name == "queries" else round(100 * value / max(1, counts["queries"]), 1)
+                                 for name, value in counts.items()}}
 
 
 def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Path, scores: Path | None,
@@ -227,7 +232,8 @@ def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Pa
     if scores is not None:
         recipe = dict(distill=str(scores), distill_weight=weight, distill_top_k=args.k,
                       distill_reranker=str(reranker_dir), distill_with_positive=args.with_positive,
-                      distill_retrieval_weight=args.retrieval_weight)
+                      distill_retrieval_weight=args.retrieval_weight,
+                      distill_unlabelled_min_p=args.unlabelled_min_p)
     else:
         recipe = dict(use_hard_negatives=True)
     options = dict(model=str(retriever_dir), data=str(data), data_kind="mbeir", train_queries=str(queries),
@@ -272,7 +278,8 @@ def report(results: dict, seeds) -> str:
                      + ", ".join(f"{run} {val[run][TASK]['R@1']:.1f}" for run in runs))
     unlabelled = results.get("unlabelled")
     if unlabelled:
-        lines.append(f"{unlabelled['queries']} unlabelled queries: own sentence in the top k "
+        lines.append(f"{unlabelled['queries']} of {unlabelled.get('scored', unlabelled['queries'])} unlabelled queries "
+                     f"learnt from: own sentence in the top k "
                      f"{unlabelled['in_top_k']} %, first by the retriever {unlabelled['retriever_top1']} %, by the teacher "
                      f"{unlabelled['teacher_top1']} %")
     rank = results.get("ret+rank")
@@ -304,6 +311,9 @@ def main(argv=None) -> None:
     parser.add_argument("--unlabelled", type=int, default=0,
                         help="also distil on this many WordNet queries without labels, their sentences added to "
                              "the training pool (the KL runs only)")
+    parser.add_argument("--unlabelled-min-p", type=float, default=0.0,
+                        help="distill_unlabelled_min_p: learn only from the unlabelled queries whose best P(Yes) "
+                             "in the top k reaches this")
     parser.add_argument("--filtered-threshold", type=float, default=None,
                         help="also train InfoNCE with hard negatives, those above this P(Yes) dropped (no KL)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

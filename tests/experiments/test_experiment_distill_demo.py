@@ -98,5 +98,10 @@ def test_the_unlabelled_report_counts_the_own_sentence_first_by_each_model(tmp_p
         {"qid": "22:1", "positives": ["22:2"], "candidates": [["22:2", 0.9, 0.9], ["22:7", 0.8, 0.1]]}]
     scores = tmp_path / "scores.jsonl"
     scores.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
-    assert module.unlabelled_top1(scores) == {"queries": 3, "in_top_k": 66.7, "retriever_top1": 33.3,
+    assert module.unlabelled_top1(scores) == {"scored": 3, "queries": 3, "in_top_k": 66.7, "retriever_top1": 33.3,
                                               "teacher_top1": 66.7}
+    # With a P(Yes) bar: only the queries the KL runs keep (query 2's best is 0.2), over the top k.
+    assert module.unlabelled_top1(scores, min_p=0.5) == {"scored": 3, "queries": 2, "in_top_k": 100.0,
+                                                         "retriever_top1": 50.0, "teacher_top1": 100.0}
+    assert module.unlabelled_top1(scores, k=1, min_p=0.5) == {"scored": 3, "queries": 1, "in_top_k": 100.0,
+                                                              "retriever_top1": 100.0, "teacher_top1": 100.0}

@@ -223,7 +223,8 @@ def test_resuming_with_another_scores_file_or_weight_is_refused(tmp_path):
     step.mkdir()
     (step / STATE_FILE).write_text(json.dumps({"step": 10, "args": args.to_dict()}))
     assert check_resumable(tmp_path, args.to_dict())["step"] == 10
-    for change in ({"distill_weight": 0.0}, {"distill": "other.jsonl"}, {"distill_top_k": 10}):
+    for change in ({"distill_weight": 0.0}, {"distill": "other.jsonl"}, {"distill_top_k": 10},
+                   {"distill_unlabelled_min_p": 0.9}):
         with pytest.raises(InputError, match=next(iter(change))):
             check_resumable(tmp_path, {**args.to_dict(), **change})
 
@@ -315,6 +316,41 @@ def test_an_unlabelled_scored_query_is_a_kl_only_example_with_its_top_candidate_
     with pytest.raises(InputError, match="no positive candidate") as error:
         MBEIRTrainDataset(synthetic, queries=queries)
     assert (error.value.file, error.value.line, error.value.field) == (str(queries), 2, "pos_cand_list")
+
+
+def test_unlabelled_queries_whose_best_p_yes_misses_the_bar_are_left_out(tmp_path, synthetic, tiny_checkpoint):
+    """distill_unlabelled_min_p: an unlabelled query stays only if a candidate of its top-k has
+    that P(Yes); labelled queries stay whatever their scores."""
+    import json
+
+    from lamra.errors import InputError
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.trainer import build_dataset
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"}, queries=4)
+    lines = scores.read_text().splitlines()
+    records = [json.loads(line) for line in lines[1:]]
+    # 1: unlabelled, its only liked candidate outside the top 3; 2: unlabelled, liked in the top 3;
+    # 0 and 3: labelled, best P(Yes) 0.6.
+    for record, p_yes in ((records[1], (0.1, 0.2, 0.3, 0.99)), (records[2], (0.2, 0.95, 0.1, 0.0))):
+        record["positives"] = []
+        record["candidates"] = [[did, ret, p] for (did, ret, _), p in zip(record["candidates"], p_yes)]
+    scores.write_text("".join(json.dumps(r) + "\n" for r in [json.loads(lines[0]), *records]))
+    queries = unlabelled_query_file(synthetic, tmp_path / "q.jsonl", {records[1]["qid"], records[2]["qid"]})
+
+    def kept(**extra):
+        args = distill_args(tmp_path, synthetic, tiny_checkpoint, scores, train_queries=str(queries), **extra)
+        return [r.qid for r in build_dataset(args).records]
+
+    qids = [r["qid"] for r in records]
+    assert kept() == qids
+    assert kept(distill_unlabelled_min_p=0.9) == [qids[0], qids[2], qids[3]]
+    assert kept(distill_unlabelled_min_p=0.95) == [qids[0], qids[2], qids[3]]  # the bar itself passes
+    assert kept(distill_unlabelled_min_p=0.96) == [qids[0], qids[3]]
+    with pytest.raises(InputError, match="from 0 to 1") as error:
+        distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_unlabelled_min_p=1.5).check()
+    assert error.value.field == "distill_unlabelled_min_p"
 
 
 def test_the_cli_trains_on_a_query_file_with_unlabelled_queries(tmp_path, synthetic, tiny_checkpoint):

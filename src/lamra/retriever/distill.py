@@ -88,13 +88,15 @@ class DistillDataset:
     learnt from by the KL term alone: its example is marked unlabelled, its top candidate stands
     in as the positive (a negative for the other queries; InfoNCE skips the query's own row)
     and its list is the top-k. Without the KL term (``candidates`` false) such queries teach
-    nothing and are left out.
+    nothing and are left out. ``unlabelled_min_p`` keeps only those whose best P(Yes) in their
+    top-k reaches it: where the reranker likes none of the list, its right answer is most likely
+    not there, and the KL term would pull the query towards near misses.
     """
 
     def __init__(self, base, scores: str | os.PathLike, *, top_k: int = 50, retrieval_weight: float = 1.0,
                  rerank_weight: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
                  retriever: dict | None = None, reranker: dict | None = None, candidates: bool = True,
-                 with_positive: bool = False):
+                 with_positive: bool = False, unlabelled_min_p: float = 0.0):
         from ..data.mbeir import iter_candidates
         from ..errors import InputError
         from ..training.distill_data import check_teacher_models, read_teacher_scores
@@ -112,15 +114,25 @@ class DistillDataset:
                 raise InputError("distilling with the positive needs its scores, and this line has none: mine and "
                                  "score again (`lamra mine`, `lamra score-teacher` record them)", file=str(self.path),
                                  line=record.line, item=record.qid, field="positive_scores")
+        def kept(keep, why: str):
+            chosen = [r for r in records if base.queries[row_of[r.qid]].positives or keep(r)]
+            if len(chosen) < len(records):
+                logger.info("%s: %d scored queries without a positive left out (%s)", self.path,
+                            len(records) - len(chosen), why)
+            return chosen
+
         if not candidates:  # weight 0: nothing to learn from a query without a positive
-            labelled = [r for r in records if base.queries[row_of[r.qid]].positives]
-            if len(labelled) < len(records):
-                logger.info("%s: %d scored queries without a positive left out (no KL term)", self.path,
-                            len(records) - len(labelled))
-            records = labelled
+            records = kept(lambda r: False, "no KL term")
             if not records:
                 raise InputError("without the KL term (distill_weight 0) only queries with positives are learnt "
                                  "from, and no scored query has one", file=str(self.path), field="pos_cand_list")
+        elif unlabelled_min_p > 0:
+            records = kept(lambda r: max(p for _, _, p in r.candidates[:top_k]) >= unlabelled_min_p,
+                           f"their best P(Yes) below {unlabelled_min_p}")
+            if not records:
+                raise InputError(f"no scored query is left: none has a positive, and none has a P(Yes) of "
+                                 f"{unlabelled_min_p} (distill_unlabelled_min_p)", file=str(self.path),
+                                 field="candidates")
         self.k = min(top_k, *(len(r.candidates) for r in records))
         if self.k < 2:
             raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",

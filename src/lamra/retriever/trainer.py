@@ -50,7 +50,8 @@ def distill_dataset(args: RetrieverTrainingArgs, base):
     return DistillDataset(base, args.distill, top_k=args.distill_top_k, retrieval_weight=args.distill_retrieval_weight,
                           rerank_weight=args.distill_rerank_weight, temperature=args.distill_temperature,
                           retriever={"model": _model_id(args.model), "adapter": None}, reranker=reranker,
-                          candidates=args.distill_weight > 0, with_positive=args.distill_with_positive)
+                          candidates=args.distill_weight > 0, with_positive=args.distill_with_positive,
+                          unlabelled_min_p=args.distill_unlabelled_min_p)
 
 
 def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:

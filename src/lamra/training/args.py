@@ -36,6 +36,7 @@ class RetrieverTrainingArgs:
     distill_rerank_weight: float = 1.0     # U-MARVEL: 1 (0.5 / 0.1 for MSCOCO's two tasks)
     distill_reranker: str | None = None  # the reranker that made the file: checked against it when given
     distill_with_positive: bool = False  # the positive first in the distilled list (U-MARVEL: has_distill_with_pos)
+    distill_unlabelled_min_p: float = 0.0  # a query without labels is learnt from only if its best P(Yes) reaches this
     # model
     lora_r: int = 64
     lora_alpha: int = 128
@@ -90,6 +91,8 @@ class RetrieverTrainingArgs:
                 raise InputError("distill_top_k must be at least 2", field="distill_top_k")
             if self.distill_temperature <= 0:
                 raise InputError("distill_temperature must be above 0", field="distill_temperature")
+            if not 0 <= self.distill_unlabelled_min_p <= 1:
+                raise InputError("distill_unlabelled_min_p is a P(Yes): from 0 to 1", field="distill_unlabelled_min_p")
 
     def to_dict(self) -> dict:
         return asdict(self)
