@@ -8,9 +8,9 @@ model. Three timings on the same model and the same ``--items`` texts (8-60 word
 - **build**: reading the jsonl (``open_collection``, the CLI's reader) and ``Index.build`` into a
   fresh folder (shards of ``--shard-size``, checkpointed; the next shard tokenized and the last one
   written in background threads), the index saved;
-- **build, sequential** (``--sequential``): the same build through a retriever that offers only
-  ``encode``, so each shard is tokenized, encoded and written one after another (the path before
-  the overlap): what the overlap gains.
+- **build, sequential** (``--sequential``): the same build with ``tokenize_ahead=False``, so each
+  shard is tokenized in its own encode call (its files are still written in the background): what
+  tokenizing ahead gains.
 
 ``--workers N`` passes ``num_workers=N`` to every encoding (batches collated in N processes).
 The index's vectors are checked against the encode-only ones (exit 1 beyond ``--tolerance``;
@@ -52,19 +52,6 @@ def write_jsonl(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-class EncodeOnly:
-    """The retriever through ``encode`` alone: Index.build's sequential path, for comparison."""
-
-    def __init__(self, retriever):
-        self.retriever, self.dim = retriever, retriever.dim
-
-    def fingerprint(self):
-        return self.retriever.fingerprint()
-
-    def encode(self, items, **options):
-        return self.retriever.encode(items, **options)
-
-
 def _sync():
     import torch
 
@@ -80,7 +67,7 @@ def time_encode(retriever, records, options) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, vectors
 
 
-def time_build(retriever, collection: Path, folder: Path, args, options):
+def time_build(retriever, collection: Path, folder: Path, args, options, *, tokenize_ahead: bool = True):
     from lamra.data.collections import open_collection
     from lamra.index import Index
 
@@ -89,7 +76,7 @@ def time_build(retriever, collection: Path, folder: Path, args, options):
     start = time.perf_counter()
     records = open_collection(collection).records
     index = Index.build(records, retriever, folder, shard_size=args.shard_size, dtype=args.vector_dtype,
-                        show_progress=False, **options)
+                        show_progress=False, tokenize_ahead=tokenize_ahead, **options)
     _sync()
     return time.perf_counter() - start, index
 
@@ -148,7 +135,8 @@ def main(argv=None) -> dict:
             elapsed, index = time_build(retriever, collection, work / "index", args, options)
             runs["build"].append(elapsed)
             if args.sequential:
-                elapsed, sequential = time_build(EncodeOnly(retriever), collection, work / "index-seq", args, options)
+                elapsed, sequential = time_build(retriever, collection, work / "index-seq", args, options,
+                                                 tokenize_ahead=False)
                 runs["build_sequential"].append(elapsed)
         if index.ids != [r["id"] for r in records]:
             raise SystemExit("FAILED: the index's ids are not the items'")

@@ -17,29 +17,24 @@ from lamra.index import build as build_module
 WAIT = 10  # seconds a test waits for the other thread before concluding there was no overlap
 
 
-class EncodeOnly:
-    """lamra's retriever seen through ``encode`` alone: the build's sequential path (no tokenizing ahead)."""
+class Watched:
+    """lamra's retriever with ``prepare`` / ``encode_prepared`` (the overlapped path), which counts
+    the items it encodes (``encoded``, and ``encoded_whole`` through plain ``encode``), can die like
+    a kill when shard ``die_at`` (counting from this run's first) starts encoding, and can make
+    shard ``hold`` wait until ``release`` is set."""
 
-    def __init__(self, retriever):
+    def __init__(self, retriever, die_at=None):
         self.retriever, self.dim = retriever, retriever.dim
+        self.die_at, self.shards, self.encoded, self.encoded_whole = die_at, 0, 0, 0
+        self.prepared_ids: list[str] = []
+        self.started = [threading.Event() for _ in range(16)]  # shard n's encoding has started
 
     def fingerprint(self):
         return self.retriever.fingerprint()
 
     def encode(self, items, **options):
+        self.encoded_whole += len(items)
         return self.retriever.encode(items, **options)
-
-
-class Watched(EncodeOnly):
-    """lamra's retriever with ``prepare`` / ``encode_prepared`` (the overlapped path), which counts
-    the items it encodes, can die like a kill when shard ``die_at`` (counting from this run's first)
-    starts encoding, and can make shard ``hold`` wait until ``release`` is set."""
-
-    def __init__(self, retriever, die_at=None):
-        super().__init__(retriever)
-        self.die_at, self.shards, self.encoded = die_at, 0, 0
-        self.prepared_ids: list[str] = []
-        self.started = [threading.Event() for _ in range(16)]  # shard n's encoding has started
 
     def prepare(self, items, instruction=None):
         prompts = self.retriever.prepare(items, instruction)
@@ -59,10 +54,13 @@ def test_the_overlapped_build_gives_the_sequential_builds_index(tmp_path, tiny_r
     items = records(11, image_files)
     instruction = [None if n % 2 else f"Task {n % 3}." for n in range(11)]
     options = dict(shard_size=3, dtype="float32", show_progress=False, instruction=instruction)
-    sequential = Index.build(items, EncodeOnly(tiny_retriever), tmp_path / "seq", **options)
+    unwatched = Watched(tiny_retriever)
+    sequential = Index.build(items, unwatched, tmp_path / "seq", tokenize_ahead=False, **options)
+    assert unwatched.prepared_ids == [] and unwatched.encoded_whole == 11  # the knob is honoured
     watched = Watched(tiny_retriever)
     overlapped = Index.build(items, watched, tmp_path / "overlap", **options)
     assert watched.prepared_ids == [r["id"] for r in items] and watched.encoded == 11  # the overlapped path ran
+    assert watched.encoded_whole == 0
     assert overlapped.ids == sequential.ids == [r["id"] for r in items]
     np.testing.assert_array_equal(overlapped.vectors(), sequential.vectors())
     assert overlapped.manifest["build"] == sequential.manifest["build"]
@@ -77,13 +75,13 @@ def test_bad_items_are_found_and_skipped_alike(tmp_path, tiny_retriever, image_f
     whole = Path(image_files[3]).read_bytes()
     (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
     items[7]["image"] = str(tmp_path / "half.jpg")  # fails when collated
-    for retriever in (EncodeOnly(tiny_retriever), Watched(tiny_retriever)):
+    for ahead in (False, True):
         with pytest.raises(InputError, match="skip") as error:
-            Index.build(items, retriever, tmp_path / f"stop-{type(retriever).__name__}", shard_size=3,
-                        show_progress=False)
+            Index.build(items, tiny_retriever, tmp_path / f"stop-{ahead}", shard_size=3, show_progress=False,
+                        tokenize_ahead=ahead)
         assert error.value.item == "t2" and "missing.png" in str(error.value)
-    sequential = Index.build(items, EncodeOnly(tiny_retriever), tmp_path / "seq", shard_size=3, skip_bad=True,
-                             dtype="float32", show_progress=False)
+    sequential = Index.build(items, tiny_retriever, tmp_path / "seq", shard_size=3, skip_bad=True, dtype="float32",
+                             show_progress=False, tokenize_ahead=False)
     overlapped = Index.build(items, Watched(tiny_retriever), tmp_path / "overlap", shard_size=3, skip_bad=True,
                              dtype="float32", show_progress=False)
     assert [e["id"] for e in overlapped.manifest["skipped"]] == ["t2", "t7"]
@@ -131,8 +129,8 @@ def test_a_shards_files_are_written_while_the_next_one_encodes(tmp_path, tiny_re
 def test_a_kill_while_a_write_is_pending_keeps_that_shard_and_resumes_exactly(tmp_path, tiny_retriever, image_files,
                                                                             monkeypatch):
     items = records(10, image_files)
-    reference = Index.build(items, EncodeOnly(tiny_retriever), tmp_path / "ref", shard_size=3, dtype="float32",
-                            show_progress=False)
+    reference = Index.build(items, tiny_retriever, tmp_path / "ref", shard_size=3, dtype="float32",
+                            show_progress=False, tokenize_ahead=False)
     dying = Watched(tiny_retriever, die_at=2)
     real_write = build_module._write_shard
 
@@ -158,8 +156,8 @@ def test_a_kill_while_a_write_is_pending_keeps_that_shard_and_resumes_exactly(tm
 def test_a_shard_whose_write_failed_is_not_taken_as_done(tmp_path, tiny_retriever, image_files, monkeypatch,
                                                          failing_file):
     items = records(10, image_files)
-    reference = Index.build(items, EncodeOnly(tiny_retriever), tmp_path / "ref", shard_size=3, dtype="float32",
-                            show_progress=False)
+    reference = Index.build(items, tiny_retriever, tmp_path / "ref", shard_size=3, dtype="float32",
+                            show_progress=False, tokenize_ahead=False)
     real_write_bytes = build_module.atomic_write_bytes
 
     def disk_full_at_shard_1(path, data):
@@ -209,3 +207,25 @@ def test_cli_workers_build_the_same_index_and_milvus_refuses_them(tmp_path, tiny
     capsys.readouterr()
     assert main([*command, "--out", str(tmp_path / "mv"), "--workers", "2", "--backend", "milvus"]) == 2
     assert "num_workers is not supported with backend='milvus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["flat", "milvus"])
+def test_tokenize_ahead_false_reaches_every_build_and_add(tmp_path, tiny_retriever, image_files, backend):
+    """``tokenize_ahead=False``: each shard tokenized in plain ``encode``, for the build and for
+    ``add``, on both backends; the same vectors as tokenizing ahead."""
+    items = records(8, image_files)
+    options = dict(backend=backend, shard_size=2, dtype="float32", show_progress=False)
+    if backend == "milvus":
+        options.update(milvus_uri=str(tmp_path / "milvus.db"), index_type="FLAT")
+    indexes = []
+    for ahead in (False, True):
+        if backend == "milvus":
+            options["milvus_collection"] = f"ahead_{ahead}"  # one database, a collection each
+        watched = Watched(tiny_retriever)
+        index = Index.build(items[:4], watched, tmp_path / f"idx-{ahead}", tokenize_ahead=ahead, **options)
+        index.add(items[4:], watched, shard_size=2, tokenize_ahead=ahead, show_progress=False)
+        tokenized_ahead = [r["id"] for r in items] if ahead else []
+        assert watched.prepared_ids == tokenized_ahead and watched.encoded_whole == (0 if ahead else 8)
+        indexes.append(Index.open(tmp_path / f"idx-{ahead}"))
+    assert indexes[0].ids == indexes[1].ids == [r["id"] for r in items]
+    np.testing.assert_allclose(indexes[0].vectors(), indexes[1].vectors(), rtol=0, atol=1e-6)

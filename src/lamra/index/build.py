@@ -101,7 +101,8 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
                 shard_size: int = 1024, show_progress: bool = True, skip_bad: bool = False,
                 batch_size: int | None = None, max_batch_tokens: int | None = None,
                 instruction: str | Sequence[str | None] | None = None,
-                skip_hint: str | None = SKIP_HINT, num_workers: int | None = None, **backend_params):
+                skip_hint: str | None = SKIP_HINT, num_workers: int | None = None, tokenize_ahead: bool = True,
+                **backend_params):
     """See :meth:`Index.build`, which passes itself as ``cls`` (so this module needs no import of
     the store). ``skip_hint``: what a bad item's error suggests (None: nothing)."""
     path = Path(path)
@@ -123,7 +124,7 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
         if rank == 0 and path.is_dir() and not (path / WORK).is_dir() and any(p.name != WORK for p in path.iterdir()):
             raise InputError("folder exists and is not a lamra index (nor an interrupted build); "
                              "choose another --out", file=str(path))
-        encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers)
+        encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers, tokenize_ahead)
         merged = _run_shards(entries, encode, path / WORK, plan, show_progress=show_progress, skip_bad=skip_bad,
                              skip_hint=skip_hint, dtype=dtype,
                              dim=int(getattr(retriever, "dim", None) or fingerprint["dim"]))
@@ -145,14 +146,14 @@ def build_index(cls: type, items, retriever, path, *, backend: str = "flat", dty
 def add_items(index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024,
               skip_bad: bool = False, skip_existing: bool = False, batch_size: int | None = None,
               max_batch_tokens: int | None = None, instruction: str | Sequence[str | None] | None = None,
-              skip_hint: str | None = SKIP_HINT, num_workers: int | None = None) -> None:
+              skip_hint: str | None = SKIP_HINT, num_workers: int | None = None, tokenize_ahead: bool = True) -> None:
     """See :meth:`Index.add`."""
     todo = entries_to_add(index, items, retriever, instruction=instruction, shard_size=shard_size,
                           skip_existing=skip_existing)
     if todo is None:
         return
     entries, plan = todo
-    encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers)
+    encode = _encoder(retriever, batch_size, max_batch_tokens, num_workers, tokenize_ahead)
     if index.path is None:
         vectors, kept, bad = _encode_entries(entries, encode, skip_bad, index.dim, skip_hint)
         index.add_vectors(vectors, [entries[i].item.id for i in kept], [entries[i].meta for i in kept])
@@ -368,9 +369,10 @@ def _merge_shards(entries, work: Path, n_shards: int, shard_size: int, dtype: st
     return np.concatenate(blocks), kept, bad
 
 
-def _encoder(retriever, batch_size, max_batch_tokens, num_workers=None):
+def _encoder(retriever, batch_size, max_batch_tokens, num_workers=None, tokenize_ahead: bool = True):
     """``encode(entries)``: the entries' items, with their instructions when any has one (and,
-    for a retriever that tokenizes apart, ``encode.prepare``: see :class:`_PreparingEncoder`)."""
+    for a retriever that tokenizes apart, ``encode.prepare``: see :class:`_PreparingEncoder`;
+    ``tokenize_ahead`` false: not, each shard tokenized in ``encode`` itself)."""
     options: dict[str, Any] = {"show_progress": False}
     if batch_size is not None:
         options["batch_size"] = batch_size
@@ -378,7 +380,8 @@ def _encoder(retriever, batch_size, max_batch_tokens, num_workers=None):
         options["max_batch_tokens"] = max_batch_tokens
     if num_workers:
         options["num_workers"] = num_workers
-    if callable(getattr(retriever, "prepare", None)) and callable(getattr(retriever, "encode_prepared", None)):
+    if tokenize_ahead and callable(getattr(retriever, "prepare", None)) \
+            and callable(getattr(retriever, "encode_prepared", None)):
         return _PreparingEncoder(retriever, options)
 
     def encode(entries: list[Entry]):

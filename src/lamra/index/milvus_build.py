@@ -55,7 +55,7 @@ def build_milvus(items, retriever, path, *, dtype: str = "float32", shard_size: 
                  skip_bad: bool = False, batch_size: int | None = None, max_batch_tokens: int | None = None,
                  instruction: str | Sequence[str | None] | None = None, skip_hint: str | None = SKIP_HINT,
                  milvus_uri: str | None = None, milvus_token: str | None = None, milvus_collection: str | None = None,
-                 source: str | None = None, **params):
+                 source: str | None = None, tokenize_ahead: bool = True, **params):
     """``Index.build(..., backend="milvus")``: see the module docstring. Returns the URI to open
     the index with (None: the one its manifest records)."""
     path = Path(path)
@@ -87,7 +87,7 @@ def build_milvus(items, retriever, path, *, dtype: str = "float32", shard_size: 
         plan = _read_plan(path / WORK)
         target = plan["milvus"]
         uri = _connect_uri(path, milvus_uri) or mv.client_uri(path, target["uri"])
-        encode = _encoder(retriever, batch_size, max_batch_tokens)
+        encode = _encoder(retriever, batch_size, max_batch_tokens, tokenize_ahead=tokenize_ahead)
         dim = int(getattr(retriever, "dim", None) or fingerprint["dim"])
         work = path / WORK
         options = {"skip_bad": skip_bad, "skip_hint": skip_hint, "dim": dim}
@@ -161,7 +161,7 @@ def from_vectors(vectors: np.ndarray, ids: list[str], fingerprint: dict, *, path
 def add_items(index, items, retriever, *, show_progress: bool = True, shard_size: int = 1024, skip_bad: bool = False,
               skip_existing: bool = False, batch_size: int | None = None, max_batch_tokens: int | None = None,
               instruction: str | Sequence[str | None] | None = None, skip_hint: str | None = SKIP_HINT,
-              source: str | None = None) -> None:
+              source: str | None = None, tokenize_ahead: bool = True) -> None:
     """``MilvusIndex.add``: a new segment of upserted shards, resumable like the build."""
     todo = entries_to_add(index, items, retriever, instruction=instruction, shard_size=shard_size,
                           skip_existing=skip_existing)
@@ -172,7 +172,7 @@ def add_items(index, items, retriever, *, show_progress: bool = True, shard_size
     target = {**index.manifest["milvus"], "params": index.manifest["backend_params"], "dtype": index.manifest["dtype"],
               "source": source}
     plan["milvus"] = target
-    encode = _encoder(retriever, batch_size, max_batch_tokens)
+    encode = _encoder(retriever, batch_size, max_batch_tokens, tokenize_ahead=tokenize_ahead)
     work = index.path / WORK
     options = {"skip_bad": skip_bad, "skip_hint": skip_hint, "dim": index.dim}
     shared_db = mv.is_embedded(index.uri) and distributed.world_size() > 1

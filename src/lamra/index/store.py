@@ -102,6 +102,8 @@ class Index(ItemLookup):
         ``max_batch_tokens`` and the backend's parameters (``nlist``, ``nprobe``, ``M``,
         ``ef_search``, ``encoding`` ...). ``num_workers``: processes collating each shard's
         batches (``Retriever.encode(num_workers=...)``; 0: a thread, as by default).
+        ``tokenize_ahead`` (default true): tokenize the next shard in a background thread while
+        this one encodes (lamra's retriever; false: each shard tokenized as it is encoded).
 
         ``backend="milvus"``: the vectors go to a Milvus collection (:mod:`lamra.index.milvus`;
         ``milvus_uri`` - default an embedded database in the folder -, ``milvus_token``,
@@ -214,8 +216,9 @@ class Index(ItemLookup):
 
     def add(self, items: Iterable[Any], retriever, *, show_progress: bool = True, **options) -> None:
         """Encode ``items`` and append them (resumable like ``build``; ids must be new unless
-        ``skip_existing=True``, which leaves out items already in the index). ``instruction=``
-        and ``num_workers=`` work as in :meth:`build` (the instruction: one for all, or one per item)."""
+        ``skip_existing=True``, which leaves out items already in the index). ``instruction=``,
+        ``num_workers=`` and ``tokenize_ahead=`` work as in :meth:`build` (the instruction: one for
+        all, or one per item)."""
         add_items(self, items, retriever, show_progress=show_progress, **options)
 
     def add_vectors(self, vectors: np.ndarray, ids: list[str], metadata: list[dict] | None = None) -> None:
