@@ -348,6 +348,11 @@ def test_unlabelled_queries_whose_best_p_yes_misses_the_bar_are_left_out(tmp_pat
     assert kept(distill_unlabelled_min_p=0.9) == [qids[0], qids[2], qids[3]]
     assert kept(distill_unlabelled_min_p=0.95) == [qids[0], qids[2], qids[3]]  # the bar itself passes
     assert kept(distill_unlabelled_min_p=0.96) == [qids[0], qids[3]]
+    # A file of unlabelled queries alone, none past the bar: nothing to learn from, said before training.
+    scores.write_text("".join(json.dumps(r) + "\n" for r in [json.loads(lines[0]), records[1], records[2]]))
+    with pytest.raises(InputError, match="no scored query is left") as error:
+        kept(distill_unlabelled_min_p=0.96)
+    assert (error.value.file, error.value.field) == (str(scores), "pos_cand_list")
     with pytest.raises(InputError, match="from 0 to 1") as error:
         distill_args(tmp_path, synthetic, tiny_checkpoint, scores, distill_unlabelled_min_p=1.5).check()
     assert error.value.field == "distill_unlabelled_min_p"

@@ -114,25 +114,20 @@ class DistillDataset:
                 raise InputError("distilling with the positive needs its scores, and this line has none: mine and "
                                  "score again (`lamra mine`, `lamra score-teacher` record them)", file=str(self.path),
                                  line=record.line, item=record.qid, field="positive_scores")
-        def kept(keep, why: str):
-            chosen = [r for r in records if base.queries[row_of[r.qid]].positives or keep(r)]
-            if len(chosen) < len(records):
-                logger.info("%s: %d scored queries without a positive left out (%s)", self.path,
-                            len(records) - len(chosen), why)
-            return chosen
+        def learnt_from(record) -> bool:  # without the KL term nothing is learnt from a query without positives
+            if base.queries[row_of[record.qid]].positives:
+                return True
+            return candidates and max(p for _, _, p in record.candidates[:top_k]) >= unlabelled_min_p
 
-        if not candidates:  # weight 0: nothing to learn from a query without a positive
-            records = kept(lambda r: False, "no KL term")
-            if not records:
-                raise InputError("without the KL term (distill_weight 0) only queries with positives are learnt "
-                                 "from, and no scored query has one", file=str(self.path), field="pos_cand_list")
-        elif unlabelled_min_p > 0:
-            records = kept(lambda r: max(p for _, _, p in r.candidates[:top_k]) >= unlabelled_min_p,
-                           f"their best P(Yes) below {unlabelled_min_p}")
-            if not records:
-                raise InputError(f"no scored query is left: none has a positive, and none has a P(Yes) of "
-                                 f"{unlabelled_min_p} (distill_unlabelled_min_p)", file=str(self.path),
-                                 field="candidates")
+        kept = [r for r in records if learnt_from(r)]
+        why = "no KL term" if not candidates else f"their best P(Yes) below {unlabelled_min_p}"
+        if len(kept) < len(records):
+            logger.info("%s: %d scored queries without a positive left out (%s)", self.path, len(records) - len(kept),
+                        why)
+        if not kept:
+            raise InputError(f"no scored query is left to learn from: none has a positive ({why})",
+                             file=str(self.path), field="pos_cand_list")
+        records = kept
         self.k = min(top_k, *(len(r.candidates) for r in records))
         if self.k < 2:
             raise InputError(f"distillation needs at least 2 candidates per query, the file has {self.k}",
