@@ -18,10 +18,10 @@ WAIT = 10  # seconds a test waits for the other thread before concluding there w
 
 
 class Watched:
-    """lamra's retriever with ``prepare`` / ``encode_prepared`` (the overlapped path), which counts
-    the items it encodes (``encoded``, and ``encoded_whole`` through plain ``encode``), can die like
-    a kill when shard ``die_at`` (counting from this run's first) starts encoding, and can make
-    shard ``hold`` wait until ``release`` is set."""
+    """lamra's retriever with ``prepare`` / ``encode_prepared`` (the overlapped path), which records
+    the items it tokenizes ahead (``prepared_ids``) and counts those it encodes (``encoded``, and
+    ``encoded_whole`` through plain ``encode``), and can die like a kill when shard ``die_at``
+    (counting from this run's first) starts encoding."""
 
     def __init__(self, retriever, die_at=None):
         self.retriever, self.dim = retriever, retriever.dim
