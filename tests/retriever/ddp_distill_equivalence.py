@@ -41,6 +41,8 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
         torch.save({"values": {k: float(v) for k, v in values.items()}, "grads": grads,
                     "world": accelerator.num_processes}, out)
     accelerator.wait_for_everyone()
+    # Leave the process group before exiting: gloo threads torn down at interpreter exit can abort a rank.
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
     if accelerator.is_main_process:
         torch.save({"loss": float(loss), "grads": grads, "world": accelerator.num_processes}, out)
     accelerator.wait_for_everyone()
+    # Leave the process group before exiting: gloo threads torn down at interpreter exit can abort a rank.
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

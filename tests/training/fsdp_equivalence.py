@@ -42,6 +42,8 @@ def main(checkpoint: str, out: str, config: str | None) -> None:
         torch.save({"loss": float(loss), "grads": grads, "world": accelerator.num_processes,
                     "type": str(accelerator.distributed_type)}, out)
     accelerator.wait_for_everyone()
+    # Leave the process group before exiting: gloo threads torn down at interpreter exit can abort a rank.
+    accelerator.end_training()
 
 
 def fsdp_wrap(model, config: str):
