@@ -202,9 +202,9 @@ def unlabelled_top1(scores: Path, k: int = 10, min_p: float = 0.0) -> dict:
         if record.positives:
             continue
         scored += 1
-        top = record.candidates[:k]
-        if max(p for _, _, p in top) < min_p:
+        if record.best_p_yes(k) < min_p:  # left out of the KL runs (distill_unlabelled_min_p)
             continue
+        top = record.candidates[:k]
         own = f"22:{int(record.qid.split(':')[1]) - UNLABELLED_QID + UNLABELLED_DID}"
         dids = [did for did, _, _ in top]
         fused = teacher_logits(torch.tensor([r for _, r, _ in top]), torch.tensor([p for _, _, p in top]))
@@ -278,10 +278,9 @@ def report(results: dict, seeds) -> str:
                      + ", ".join(f"{run} {val[run][TASK]['R@1']:.1f}" for run in runs))
     unlabelled = results.get("unlabelled")
     if unlabelled:
-        lines.append(f"{unlabelled['queries']} of {unlabelled.get('scored', unlabelled['queries'])} unlabelled queries "
-                     f"learnt from: own sentence in the top k "
-                     f"{unlabelled['in_top_k']} %, first by the retriever {unlabelled['retriever_top1']} %, by the teacher "
-                     f"{unlabelled['teacher_top1']} %")
+        lines.append(f"{unlabelled['queries']} of {unlabelled['scored']} unlabelled queries learnt from: own "
+                     f"sentence in the top k {unlabelled['in_top_k']} %, first by the retriever "
+                     f"{unlabelled['retriever_top1']} %, by the teacher {unlabelled['teacher_top1']} %")
     rank = results.get("ret+rank")
     if rank:
         before = test["before"][TASK]["R@1"]

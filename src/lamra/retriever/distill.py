@@ -117,7 +117,7 @@ class DistillDataset:
         def learnt_from(record) -> bool:  # without the KL term nothing is learnt from a query without positives
             if base.queries[row_of[record.qid]].positives:
                 return True
-            return candidates and max(p for _, _, p in record.candidates[:top_k]) >= unlabelled_min_p
+            return candidates and record.best_p_yes(top_k) >= unlabelled_min_p
 
         kept = [r for r in records if learnt_from(r)]
         why = "no KL term" if not candidates else f"their best P(Yes) below {unlabelled_min_p}"

@@ -42,6 +42,10 @@ class TeacherRecord:
     line: int | None = None
     positive_scores: list[tuple[str, float, float]] | None = None  # every positive: (did, cosine, P(Yes))
 
+    def best_p_yes(self, k: int) -> float:
+        """The reranker's highest P(Yes) among the first ``k`` candidates (how sure it is of any)."""
+        return max(p for _, _, p in self.candidates[:k])
+
     def to_record(self) -> dict:
         record = {"qid": self.qid, "task": self.task, "instruction": self.instruction, "positives": self.positives,
                   "candidates": _rounded(self.candidates)}
