@@ -233,7 +233,8 @@ def train(args, retriever_dir: Path, reranker_dir: Path, data: Path, queries: Pa
         recipe = dict(distill=str(scores), distill_weight=weight, distill_top_k=args.k,
                       distill_reranker=str(reranker_dir), distill_with_positive=args.with_positive,
                       distill_retrieval_weight=args.retrieval_weight,
-                      distill_unlabelled_min_p=args.unlabelled_min_p)
+                      distill_unlabelled_min_p=args.unlabelled_min_p,
+                      distill_batch_negatives=args.batch_negatives)
     else:
         recipe = dict(use_hard_negatives=True)
     options = dict(model=str(retriever_dir), data=str(data), data_kind="mbeir", train_queries=str(queries),
@@ -313,6 +314,9 @@ def main(argv=None) -> None:
     parser.add_argument("--unlabelled-min-p", type=float, default=0.0,
                         help="distill_unlabelled_min_p: learn only from the unlabelled queries whose best P(Yes) "
                              "in the top k reaches this")
+    parser.add_argument("--batch-negatives", action="store_true",
+                        help="distill_batch_negatives: the KL term also pushes each query from the batch's other "
+                             "positives")
     parser.add_argument("--filtered-threshold", type=float, default=None,
                         help="also train InfoNCE with hard negatives, those above this P(Yes) dropped (no KL)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -28,7 +28,7 @@ MARGIN = 10.0
 
 
 def test_a_trained_reranker_raises_held_out_recall_at_1_over_retrieval(tmp_path):
-    from test_rerank_training import word_tokenizer  # tests/training is on sys.path (rootdir imports)
+    from word_tokens import word_tokenizer  # tests/ is on sys.path (its conftest)
 
     from lamra import Reranker, Retriever
     from lamra.data.synthetic import SynthConfig, synthesize

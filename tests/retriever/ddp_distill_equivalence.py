@@ -1,6 +1,7 @@
 """Run under torchrun: one distillation step's loss (InfoNCE + KL) and LoRA gradients, saved by rank 0.
 
 python -m torch.distributed.run --nproc-per-node N ddp_distill_equivalence.py CHECKPOINT OUT [--chunk-size K]
+    [--batch-negatives]
 Every process takes its contiguous share of the same global batch of 4 text queries, each with
 its positive and 3 candidates with teacher logits; the second has no known positive (its row is
 out of InfoNCE).
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 from torchrun_steps import lora_retriever, rank_share  # noqa: E402
 
 
-def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
+def main(checkpoint: str, out: str, chunk_size: int | None, batch_negatives: bool) -> None:
     from accelerate import Accelerator
 
     from lamra import Item
@@ -35,7 +36,8 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
     batch = RetrievalCollator(retriever.processor, text_rule="raw", chunk_size=chunk_size)(mine)
     model = accelerator.prepare(EmbeddingModel(retriever))
     step = gradient_cache_step if chunk_size else plain_step
-    values = step(accelerator, model, batch, temperature=0.05, distill_weight=1.0)
+    values = step(accelerator, model, batch, temperature=0.05, distill_weight=1.0,
+                  distill_batch_negatives=batch_negatives)
     grads = {n: p.grad.detach().clone() for n, p in retriever.backbone.model.named_parameters() if p.requires_grad}
     if accelerator.is_main_process:
         torch.save({"values": {k: float(v) for k, v in values.items()}, "grads": grads,
@@ -46,5 +48,5 @@ def main(checkpoint: str, out: str, chunk_size: int | None) -> None:
 
 
 if __name__ == "__main__":
-    chunk = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--chunk-size" else None
-    main(sys.argv[1], sys.argv[2], chunk)
+    chunk = int(sys.argv[sys.argv.index("--chunk-size") + 1]) if "--chunk-size" in sys.argv else None
+    main(sys.argv[1], sys.argv[2], chunk, "--batch-negatives" in sys.argv)

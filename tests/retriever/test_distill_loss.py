@@ -125,3 +125,53 @@ def test_an_unlabelled_query_learns_from_the_kl_term_alone():
     assert float(values["loss"].detach()) == pytest.approx(expected_nce + 0.5 * expected_kl, abs=1e-5)
     values["loss"].backward()
     assert float(sides["query"].grad[1].abs().max()) > 0  # through the KL term
+
+
+# -- batch negatives: the other queries' positives in the student's distribution, teacher 0 ------
+
+def reference_kl_with_outside(student, teacher, outside) -> float:
+    """As :func:`reference_kl`, q normalised over the listed and the outside logits (p 0 outside)."""
+    total = 0.0
+    for s_row, t_row, o_row in zip(student, teacher, outside):
+        p = [math.exp(t) / sum(math.exp(v) for v in t_row) for t in t_row]
+        norm = sum(math.exp(v) for v in s_row) + sum(math.exp(v) for v in o_row if v != -math.inf)
+        total += sum(pi * math.log(pi / (math.exp(s) / norm)) for pi, s in zip(p, s_row))
+    return total / len(student)
+
+
+def test_kl_with_outside_candidates_equals_the_reference_and_its_gradient():
+    student_rows, teacher_rows = [[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]], [[2.0, 0.0, -1.0], [-0.4, 1.5, 0.1]]
+    outside_rows = [[-math.inf, 1.5], [0.7, -math.inf]]
+    student = torch.tensor(student_rows, dtype=torch.float64, requires_grad=True)
+    outside = torch.tensor(outside_rows, dtype=torch.float64, requires_grad=True)
+    teacher = torch.tensor(teacher_rows, dtype=torch.float64)
+    kl = distill_kl(student, teacher, outside)
+    expected = reference_kl_with_outside(student_rows, teacher_rows, outside_rows)
+    assert float(kl.detach()) == pytest.approx(expected, abs=1e-6)
+    assert float(kl.detach()) > reference_kl(student_rows, teacher_rows) + 0.1  # the outside ones take mass
+    kl.backward()
+    # d/ds = q - p over the listed, q over the outside (0 where -inf), per row, over the rows.
+    q = torch.softmax(torch.cat([student.detach(), outside.detach()], -1), -1)
+    torch.testing.assert_close(student.grad, (q[:, :3] - torch.softmax(teacher, -1)) / 2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(outside.grad, q[:, 3:] / 2, atol=1e-6, rtol=1e-5)
+    everything_out = torch.full((2, 2), -math.inf, dtype=torch.float64)
+    assert float(distill_kl(student.detach(), teacher, everything_out)) == pytest.approx(
+        float(distill_kl(student.detach(), teacher)), abs=1e-9)
+
+
+def test_batch_negatives_are_the_other_queries_positives_not_the_own():
+    teacher = torch.randn(3, 4, generator=torch.Generator().manual_seed(6)) * 5
+    sides = embeddings_with_grad()
+    labelled = torch.tensor([True, False, True])
+    values = distill_loss(sides, teacher, weight=0.5, temperature=0.05, gather=False, labelled=labelled,
+                          batch_negatives=True)
+    query, positive = sides["query"].detach(), sides["positive"].detach()
+    student = torch.stack([sides["distill"][4 * i : 4 * i + 4] @ query[i] for i in range(3)]) / 0.05
+    outside = [[float(query[i] @ positive[j]) / 0.05 if j != i else -math.inf for j in range(3)] for i in range(3)]
+    expected_kl = reference_kl_with_outside(student.tolist(), teacher.tolist(), outside)
+    assert float(values["kl"]) == pytest.approx(expected_kl, abs=1e-5)
+    assert float(values["kl"]) != pytest.approx(reference_kl(student.tolist(), teacher.tolist()), abs=1e-3)
+    expected_nce = reference_info_nce(query, positive, [0, 2])
+    assert float(values["loss"].detach()) == pytest.approx(expected_nce + 0.5 * expected_kl, abs=1e-5)
+    values["loss"].backward()
+    assert float(sides["positive"].grad[1].abs().max()) > 0  # the unlabelled stand-in: a negative for the others

@@ -177,9 +177,11 @@ def test_scores_of_another_retriever_or_reranker_are_refused_before_training(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk_size", [None, 2])
-def test_two_processes_give_the_distillation_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size):
-    """torchrun, gloo, CPU: queries, candidates and teacher logits gathered over 2 ranks equal 1 rank."""
+@pytest.mark.parametrize("chunk_size, batch_negatives", [(None, False), (2, False), (2, True)])
+def test_two_processes_give_the_distillation_loss_and_gradients_of_one(tmp_path, tiny_checkpoint, chunk_size,
+                                                                         batch_negatives):
+    """torchrun, gloo, CPU: queries, candidates and teacher logits (and, with batch negatives, the
+    positives) gathered over 2 ranks equal 1 rank."""
     from pathlib import Path
 
     from torchrun_steps import run_torchrun
@@ -189,7 +191,9 @@ def test_two_processes_give_the_distillation_loss_and_gradients_of_one(tmp_path,
     for processes in (1, 2):
         out = tmp_path / f"ddp{processes}.pt"
         extra = ["--chunk-size", chunk_size] if chunk_size else []
-        run_torchrun(script, processes, 29620 + processes + (10 if chunk_size else 0), tiny_checkpoint, out, *extra)
+        extra += ["--batch-negatives"] if batch_negatives else []
+        port = 29620 + processes + (10 if chunk_size else 0) + (20 if batch_negatives else 0)
+        run_torchrun(script, processes, port, tiny_checkpoint, out, *extra)
         results.append(torch.load(out))
     one, two = results
     assert two["world"] == 2 and one["values"]["kl"] > 0.01
@@ -224,14 +228,16 @@ def test_resuming_with_another_scores_file_or_weight_is_refused(tmp_path):
     (step / STATE_FILE).write_text(json.dumps({"step": 10, "args": args.to_dict()}))
     assert check_resumable(tmp_path, args.to_dict())["step"] == 10
     for change in ({"distill_weight": 0.0}, {"distill": "other.jsonl"}, {"distill_top_k": 10},
-                   {"distill_unlabelled_min_p": 0.9}):
+                   {"distill_unlabelled_min_p": 0.9}, {"distill_batch_negatives": True}):
         with pytest.raises(InputError, match=next(iter(change))):
             check_resumable(tmp_path, {**args.to_dict(), **change})
 
 
 # -- queries without a positive (pos_cand_list: []): the KL term alone learns from them --------
 
-def test_gradient_cache_gives_the_plain_loss_and_gradients_with_an_unlabelled_query(tiny_checkpoint, image_files):
+@pytest.mark.parametrize("batch_negatives", [False, True])
+def test_gradient_cache_gives_the_plain_loss_and_gradients_with_an_unlabelled_query(tiny_checkpoint, image_files,
+                                                                                    batch_negatives):
     from dataclasses import replace
 
     from accelerate import Accelerator
@@ -248,7 +254,8 @@ def test_gradient_cache_gives_the_plain_loss_and_gradients_with_an_unlabelled_qu
         batch = RetrievalCollator(retriever.processor, chunk_size=chunk_size)(examples)
         assert batch["labelled"].tolist() == [True, False, True]
         step = gradient_cache_step if chunk_size else plain_step
-        values = step(accelerator, EmbeddingModel(retriever), batch, temperature=0.05, distill_weight=1.0)
+        values = step(accelerator, EmbeddingModel(retriever), batch, temperature=0.05, distill_weight=1.0,
+                      distill_batch_negatives=batch_negatives)
         results.append(({name: float(v) for name, v in values.items()}, grads_of(retriever)))
     (plain, plain_grads), (cached, cached_grads) = results
     # The same batch with every query labelled: the same KL term, another InfoNCE (row 1 now counts).
@@ -256,7 +263,8 @@ def test_gradient_cache_gives_the_plain_loss_and_gradients_with_an_unlabelled_qu
     retriever.backbone.train()
     every_row = RetrievalCollator(retriever.processor)(distill_examples(image_files))
     assert every_row["labelled"].all()
-    labelled = plain_step(accelerator, EmbeddingModel(retriever), every_row, temperature=0.05, distill_weight=1.0)
+    labelled = plain_step(accelerator, EmbeddingModel(retriever), every_row, temperature=0.05, distill_weight=1.0,
+                          distill_batch_negatives=batch_negatives)
     assert float(labelled["kl"]) == pytest.approx(plain["kl"], abs=1e-5)
     assert abs(float(labelled["info_nce"]) - plain["info_nce"]) > 1e-3
     for name in ("loss", "info_nce", "kl"):
@@ -381,3 +389,29 @@ def test_the_cli_trains_on_a_query_file_with_unlabelled_queries(tmp_path, synthe
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(record["kl"] > 0 and record["info_nce"] > 0 for record in log)
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("batch_negatives", [False, True])
+def test_the_step_follows_distill_batch_negatives(tmp_path, synthetic, tiny_checkpoint, batch_negatives):
+    """A step built from the args gives distill_loss(..., batch_negatives=ARG) on the same embeddings."""
+    from accelerate import Accelerator
+
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.collator import SIDES
+    from lamra.retriever.distill import distill_loss
+    from lamra.retriever.trainer import retriever_recipe
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"}, queries=4)
+    recipe = retriever_recipe(distill_args(tmp_path, synthetic, tiny_checkpoint, scores,
+                                           distill_batch_negatives=batch_negatives))
+    retriever = lora_retriever(tiny_checkpoint)
+    model = recipe.wrap(retriever.backbone)
+    batch = recipe.collator(retriever.processor)([recipe.dataset.example(i) for i in range(len(recipe.dataset))])
+    values = recipe.step(Accelerator(cpu=True), model, batch)
+    with torch.no_grad():
+        sides = {side: torch.cat([model(chunk)[0] for chunk in batch[side]]) for side in SIDES if side in batch}
+    expected = {flag: distill_loss(sides, batch["teacher"], weight=1.0, labelled=batch["labelled"],
+                                   batch_negatives=flag)["kl"] for flag in (False, True)}
+    assert float(values["kl"]) == pytest.approx(float(expected[batch_negatives]), abs=1e-5)
+    assert float(values["kl"]) != pytest.approx(float(expected[not batch_negatives]), abs=1e-3)

@@ -36,15 +36,24 @@ def teacher_logits(retrieval, rerank, *, retrieval_weight: float = 1.0, rerank_w
     return (retrieval_weight * retrieval + rerank_weight * rerank) / 2 / temperature
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(teacher) || softmax(student)) per row (B, K), averaged over the rows."""
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(softmax(teacher) || softmax(student)) per row (B, K), averaged over the rows.
+
+    ``outside`` (B, M): the student's logits of candidates the teacher did not score (its
+    probability there is 0; -inf leaves a candidate out). The student's softmax then runs over
+    the k listed and the M outside, and the KL term also pushes the query away from the latter.
+    """
     log_p = torch.log_softmax(teacher.float(), dim=-1)
-    log_q = torch.log_softmax(student.float(), dim=-1)
+    student = student.float()
+    if outside is None:
+        log_q = torch.log_softmax(student, dim=-1)
+    else:
+        log_q = student - torch.logsumexp(torch.cat([student, outside.float()], dim=-1), dim=-1, keepdim=True)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
 def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temperature: float = DEFAULT_TEMPERATURE,
-                 gather: bool = True, labelled: torch.Tensor | None = None) -> dict:
+                 gather: bool = True, labelled: torch.Tensor | None = None, batch_negatives: bool = False) -> dict:
     """InfoNCE (as :func:`info_nce`) plus ``weight`` times the KL term; returns the three values.
 
     ``embeddings``: unit vectors by side, "query" (B, D), "positive" (B, D), optional
@@ -52,21 +61,33 @@ def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temp
     ``teacher``: (B, K) teacher logits. With ``gather`` and a process group, queries, candidates
     and teacher logits of every rank join one global batch, as InfoNCE's do. ``labelled`` (B,)
     bool: InfoNCE over those rows only (:func:`~.loss.info_nce`); the KL term takes every row.
+
+    ``batch_negatives``: the student's distribution of query i also holds the other queries'
+    positives (stand-ins for queries without one), at teacher probability 0, as InfoNCE's
+    in-batch negatives; its own positive is left out (it is in its list, or unscored). Without
+    them, U-MARVEL's term only orders a query's k candidates among themselves: a query without a
+    positive, learnt from by the KL term alone, is then never pushed away from the rest of the
+    pool. Hard negatives stay out (a query's own may be in its list).
     """
     from .loss import info_nce
 
     nce = info_nce(embeddings["query"], embeddings["positive"], embeddings.get("hard_negative"),
                    temperature=temperature, gather=gather, labelled=labelled)
     # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
-    queries, candidates = embeddings["query"], embeddings["distill"]
+    queries, candidates, positives = embeddings["query"], embeddings["distill"], embeddings["positive"]
     teacher = teacher.to(queries.device)
     if gather:
         from ..distributed import all_gather_with_grad
 
-        queries, candidates, teacher = (all_gather_with_grad(t) for t in (queries, candidates, teacher))
+        queries, candidates, positives, teacher = (all_gather_with_grad(t)
+                                                   for t in (queries, candidates, positives, teacher))
     k = teacher.shape[1]
     student = torch.einsum("bd,bkd->bk", queries.float(), candidates.float().view(queries.shape[0], k, -1))
-    kl = distill_kl(student / temperature, teacher)
+    outside = None
+    if batch_negatives:
+        own = torch.eye(queries.shape[0], dtype=torch.bool, device=queries.device)
+        outside = (queries.float() @ positives.float().T).masked_fill(own, float("-inf")) / temperature
+    kl = distill_kl(student / temperature, teacher, outside)
     return {"loss": nce + weight * kl, "info_nce": nce.detach(), "kl": kl.detach()}
 
 

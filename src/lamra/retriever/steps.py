@@ -34,7 +34,7 @@ def _sides(batch: dict) -> list[list[dict]]:
     return [batch[side] for side in SIDES if side in batch]
 
 
-def _loss(embeddings, batch: dict, *, temperature: float, distill_weight: float):
+def _loss(embeddings, batch: dict, *, temperature: float, distill_weight: float, distill_batch_negatives: bool):
     """InfoNCE; with a "distill" side, the dict of :func:`~.distill.distill_loss` (InfoNCE + KL)."""
     if "distill" not in batch:
         return info_nce(*embeddings, temperature=temperature)
@@ -42,7 +42,7 @@ def _loss(embeddings, batch: dict, *, temperature: float, distill_weight: float)
 
     named = dict(zip([side for side in SIDES if side in batch], embeddings))
     return distill_loss(named, batch["teacher"], weight=distill_weight, temperature=temperature,
-                        labelled=batch.get("labelled"))
+                        labelled=batch.get("labelled"), batch_negatives=distill_batch_negatives)
 
 
 def _total(values) -> torch.Tensor:
@@ -53,14 +53,16 @@ def _detached(values):
     return {name: v.detach() for name, v in values.items()} if isinstance(values, dict) else values.detach()
 
 
-def plain_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0):
+def plain_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0,
+               distill_batch_negatives: bool = False):
     """Every side in one forward (one chunk each), one backward."""
     sides = _sides(batch)
     if any(len(chunks) != 1 for chunks in sides):
         raise ValueError("the plain step takes one chunk per side; set chunk_size for gradient caching")
     with accelerator.autocast():
         embeddings = model(*[chunks[0] for chunks in sides])
-    values = _loss(embeddings, batch, temperature=temperature, distill_weight=distill_weight)
+    values = _loss(embeddings, batch, temperature=temperature, distill_weight=distill_weight,
+                   distill_batch_negatives=distill_batch_negatives)
     accelerator.backward(_total(values))
     return _detached(values)
 
@@ -78,7 +80,8 @@ class _RandomState:
             torch.cuda.set_rng_state(self.cuda)
 
 
-def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0):
+def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float, distill_weight: float = 0.0,
+                        distill_batch_negatives: bool = False):
     sides = _sides(batch)
     states, embeddings = [], []
     with torch.no_grad():
@@ -90,7 +93,8 @@ def gradient_cache_step(accelerator, model, batch: dict, *, temperature: float, 
                     side.append(model(chunk)[0])
             embeddings.append(torch.cat(side))
     leaves = [e.detach().requires_grad_() for e in embeddings]
-    values = _loss(leaves, batch, temperature=temperature, distill_weight=distill_weight)
+    values = _loss(leaves, batch, temperature=temperature, distill_weight=distill_weight,
+                   distill_batch_negatives=distill_batch_negatives)
     _total(values).backward()  # gradients of the loss with respect to the embeddings only
     work = [(side_index, chunk) for side_index, chunks in enumerate(sides) for chunk in chunks]
     offsets = [0] * len(sides)

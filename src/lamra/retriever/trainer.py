@@ -25,7 +25,8 @@ def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
         dataset=build_dataset(args),
         wrap=lambda backbone: EmbeddingModel(Retriever(backbone)),
         collator=lambda processor: RetrievalCollator(processor, text_rule=args.text_rule, chunk_size=args.chunk_size),
-        step=partial(step, temperature=args.temperature, distill_weight=args.distill_weight),
+        step=partial(step, temperature=args.temperature, distill_weight=args.distill_weight,
+                     distill_batch_negatives=args.distill_batch_negatives),
     )
 
 

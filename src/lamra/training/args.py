@@ -37,6 +37,7 @@ class RetrieverTrainingArgs:
     distill_reranker: str | None = None  # the reranker that made the file: checked against it when given
     distill_with_positive: bool = False  # the positive first in the distilled list (U-MARVEL: has_distill_with_pos)
     distill_unlabelled_min_p: float = 0.0  # a query without labels is learnt from only if its best P(Yes) reaches this
+    distill_batch_negatives: bool = False  # the KL term's student also weighs the batch's other positives (teacher: 0)
     # model
     lora_r: int = 64
     lora_alpha: int = 128

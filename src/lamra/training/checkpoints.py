@@ -108,6 +108,7 @@ _RESUME_MUST_MATCH = ("model", "data", "data_kind", "global_batch_size", "seed",
                       # distillation (the retriever's): another scores file or loss is another run
                       "distill", "distill_weight", "distill_top_k", "distill_temperature", "distill_retrieval_weight",
                       "distill_rerank_weight", "distill_with_positive", "distill_unlabelled_min_p",
+                      "distill_batch_negatives",
                       # the reranker's (RerankerTrainingArgs)
                       "mined", "label_span", "loss", "max_negatives", "max_text_tokens", "instructions")
 
