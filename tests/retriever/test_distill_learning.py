@@ -1,5 +1,8 @@
 """Slow: on the synthetic mini M-BEIR, does a retriever distilled from a teacher beat the same
-retriever trained without the KL term, on held-out (test) queries? Measured: not yet (below).
+retriever trained without the KL term, on held-out (test) queries? On the WebQA text task, with
+a teacher that knows the answers and queries without labels, yes (the last test: +13.2 R@1 over
+5 seeds, the KL term with batch negatives). On all 16 tasks with the attribute teacher, not yet
+(two strict xfails): there even the true labels of more queries do not raise R@1 at this size.
 
 As in U-MARVEL, distillation continues a trained retriever: a tiny model is first trained with
 InfoNCE alone (``WARM_STEPS``), mines its top ``K``, and both runs continue from it for the
@@ -92,6 +95,24 @@ def without_positives(data, out, *, labelled_per_task: int):
     return files
 
 
+def warm_mined_scored(tmp_path, model, teacher, *, labelled, mixed, k: int, steps: int, common: dict):
+    """The warm retriever (``steps`` of InfoNCE on the ``labelled`` queries from ``model``), its top
+    ``k`` of every query of ``mixed`` and the ``teacher``'s scores of them: (its folder, the scores)."""
+    from lamra.reranker.mining import mine
+    from lamra.reranker.teacher_scores import score_teacher
+    from lamra.retriever.trainer import train_retriever
+    from lamra.training.args import load_args
+
+    warm = train_retriever(load_args(None, model=str(model), output_dir=str(tmp_path / "warm"), max_steps=steps,
+                                     train_queries=str(labelled), **common))
+    root = common["data"]
+    mine(Retriever.from_pretrained(warm, device="cpu"), root, tmp_path / "mined.jsonl", k=k, queries=[mixed],
+         show_progress=False)
+    scores = tmp_path / "scores.jsonl"
+    score_teacher(teacher, root, tmp_path / "mined.jsonl", scores, k=k, queries=[mixed], show_progress=False)
+    return warm, scores
+
+
 def distil_and_compare(tmp_path, small_tokenizer, *, unlabelled_per_task: int = 0,
                        unlabelled_min_p: float = 0.0, **options) -> dict:
     """Warm model (InfoNCE on the labelled queries) -> its top K of every training query -> the
@@ -99,8 +120,6 @@ def distil_and_compare(tmp_path, small_tokenizer, *, unlabelled_per_task: int = 
     from lamra.data.synthetic import SynthConfig, synthesize
     from lamra.demo.tiny import save_tiny_checkpoint
     from lamra.evaluation.mbeir import evaluate_mbeir
-    from lamra.reranker.mining import mine
-    from lamra.reranker.teacher_scores import score_teacher
     from lamra.retriever.trainer import train_retriever
     from lamra.training.args import load_args
 
@@ -110,13 +129,8 @@ def distil_and_compare(tmp_path, small_tokenizer, *, unlabelled_per_task: int = 
     untrained = save_tiny_checkpoint(tmp_path / "base", tokenizer=small_tokenizer, hidden_size=64, vision_width=64)
     common = dict(data=str(data), data_kind="mbeir", full=True, train_vision=True, settings=SETTINGS,
                   global_batch_size=16, learning_rate=1e-3, show_progress=False, save_steps=10_000)
-    base = train_retriever(load_args(None, model=str(untrained), output_dir=str(tmp_path / "warm"),
-                                     max_steps=WARM_STEPS, train_queries=str(labelled), **common))
-    mine(Retriever.from_pretrained(base, device="cpu"), data, tmp_path / "mined.jsonl", k=K, queries=[mixed],
-         show_progress=False)
-    scores = tmp_path / "scores.jsonl"
-    score_teacher(ConceptTeacher(data), data, tmp_path / "mined.jsonl", scores, k=K, queries=[mixed],
-                  show_progress=False)
+    base, scores = warm_mined_scored(tmp_path, untrained, ConceptTeacher(data), labelled=labelled, mixed=mixed, k=K,
+                                     steps=WARM_STEPS, common=common)
     recall = {}
     for name, weight in (("distilled", 1.0), ("no-kl", 0.0)):
         args = load_args(None, model=str(base), output_dir=str(tmp_path / name), distill=str(scores),
@@ -150,7 +164,10 @@ def test_distillation_on_unlabelled_queries_beats_the_labelled_recipe_without_th
     instead of fixed steps (so the distilled run sees every labelled query as often): 8.1 / 38.1;
     the bar with 120 unlabelled queries per task: 8.1 / 30.3 vs 15.9 / 55.0; the bar with KL weight
     0.05, seeds 0 / 1 / 2: 15.3 / 12.2 / 16.6 vs 12.8 / 17.5 / 15.6 R@1 (the seeds alone move the
-    no-KL run by 5 points: one seed cannot show the margin)."""
+    no-KL run by 5 points: one seed cannot show the margin); the bar with batch negatives
+    (distill_batch_negatives): 10.3 / 38.1. The true positives of all 640 unlabelled queries, InfoNCE
+    alone: 12.8 / 35.3, so more right labels do not help here, and the stand-in is right for 19 of
+    the 41 queries it scores 1."""
     recall = distil_and_compare(tmp_path, small_tokenizer, unlabelled_per_task=UNLABELLED_PER_TASK,
                                 unlabelled_min_p=UNLABELLED_MIN_P)
     assert recall["distilled"]["Recall@1"] >= recall["no-kl"]["Recall@1"] + MARGIN, recall
@@ -165,7 +182,7 @@ TEXT_STEPS = 60
 TEXT_K = 10
 TEXT_SEEDS = (0, 1, 2, 3, 4)
 # Points of held-out R@1, mean over TEXT_SEEDS, the distilled retriever (KL term with batch
-# negatives) must gain over the no-KL recipe. Measured (2-core CPU, about 4 minutes): 85.6 vs 72.4
+# negatives) must gain over the no-KL recipe. Measured (2-core CPU, 81 s): 85.6 vs 72.4
 # (+13.2; seeds 0-4: 78 / 84 / 86 / 90 / 90 vs 82 / 74 / 80 / 60 / 66). U-MARVEL's term without
 # batch negatives: 32.0 (10 / 22 / 40 / 26 / 62), below the warm model.
 TEXT_MARGIN = 5.0
@@ -193,8 +210,6 @@ def text_task_recall(tmp_path, seed: int) -> dict:
     from lamra.data.synthetic import SynthConfig, synthesize
     from lamra.demo.tiny import save_tiny_checkpoint
     from lamra.evaluation.mbeir import evaluate_mbeir
-    from lamra.reranker.mining import mine
-    from lamra.reranker.teacher_scores import score_teacher
     from lamra.retriever.trainer import train_retriever
     from lamra.training.args import load_args
 
@@ -213,13 +228,8 @@ def text_task_recall(tmp_path, seed: int) -> dict:
     base = save_tiny_checkpoint(tmp_path / "base", tokenizer=word_tokenizer(texts), hidden_size=64)
     common = dict(data=str(root), data_kind="mbeir", full=True, global_batch_size=16, learning_rate=1e-3,
                   show_progress=False, save_steps=10_000, seed=seed)
-    warm = train_retriever(load_args(None, model=str(base), train_queries=str(labelled),
-                                     output_dir=str(tmp_path / "warm"), max_steps=TEXT_WARM_STEPS, **common))
-    mine(Retriever.from_pretrained(warm, device="cpu"), root, tmp_path / "mined.jsonl", k=TEXT_K, queries=[mixed],
-         show_progress=False)
-    scores = tmp_path / "scores.jsonl"
-    score_teacher(AnswerTeacher(answers), root, tmp_path / "mined.jsonl", scores, k=TEXT_K, queries=[mixed],
-                  show_progress=False)
+    warm, scores = warm_mined_scored(tmp_path, base, AnswerTeacher(answers), labelled=labelled, mixed=mixed, k=TEXT_K,
+                                     steps=TEXT_WARM_STEPS, common=common)
     recall = {}
     for name, weight in (("distilled", 1.0), ("no-kl", 0.0)):
         trained = train_retriever(load_args(

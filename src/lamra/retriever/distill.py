@@ -67,7 +67,9 @@ def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temp
     in-batch negatives; its own positive is left out (it is in its list, or unscored). Without
     them, U-MARVEL's term only orders a query's k candidates among themselves: a query without a
     positive, learnt from by the KL term alone, is then never pushed away from the rest of the
-    pool. Hard negatives stay out (a query's own may be in its list).
+    pool. Hard negatives stay out (a query's own may be in its list). A candidate that is in a
+    query's list and another query's positive counts in both places, as a positive two queries
+    share does in InfoNCE.
     """
     from .loss import info_nce
 
