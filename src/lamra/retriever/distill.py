@@ -76,13 +76,14 @@ def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temp
     nce = info_nce(embeddings["query"], embeddings["positive"], embeddings.get("hard_negative"),
                    temperature=temperature, gather=gather, labelled=labelled)
     # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
-    queries, candidates, positives = embeddings["query"], embeddings["distill"], embeddings["positive"]
+    queries, candidates = embeddings["query"], embeddings["distill"]
+    positives = embeddings["positive"] if batch_negatives else None
     teacher = teacher.to(queries.device)
     if gather:
         from ..distributed import all_gather_with_grad
 
-        queries, candidates, positives, teacher = (all_gather_with_grad(t)
-                                                   for t in (queries, candidates, positives, teacher))
+        queries, candidates, teacher = (all_gather_with_grad(t) for t in (queries, candidates, teacher))
+        positives = all_gather_with_grad(positives) if batch_negatives else None
     k = teacher.shape[1]
     student = torch.einsum("bd,bkd->bk", queries.float(), candidates.float().view(queries.shape[0], k, -1))
     outside = None
