@@ -182,7 +182,7 @@ TEXT_STEPS = 60
 TEXT_K = 10
 TEXT_SEEDS = (0, 1, 2, 3, 4)
 # Points of held-out R@1, mean over TEXT_SEEDS, the distilled retriever (KL term with batch
-# negatives) must gain over the no-KL recipe. Measured (2-core CPU, 81 s): 85.6 vs 72.4
+# negatives) must gain over the no-KL recipe. Measured (2-core CPU, 59 s): 85.6 vs 72.4
 # (+13.2; seeds 0-4: 78 / 84 / 86 / 90 / 90 vs 82 / 74 / 80 / 60 / 66). U-MARVEL's term without
 # batch negatives: 32.0 (10 / 22 / 40 / 26 / 62), below the warm model.
 TEXT_MARGIN = 5.0
