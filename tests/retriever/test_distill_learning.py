@@ -201,10 +201,10 @@ class AnswerTeacher:
         return np.array([float(c.id in self.answers[query.id]) for c in candidates], dtype=np.float32)
 
 
-def text_task_recall(tmp_path, seed: int) -> dict:
+def text_task_recall(tmp_path, seed: int, *, batch_negatives: bool = True) -> dict:
     """Warm retriever (InfoNCE on the labelled queries) -> its top TEXT_K of every training query
     -> the answer teacher's scores -> two runs from it, KL weight 1 (batch negatives, the bar
-    0.99) and 0; held-out R@1 of each."""
+    0.99) and 0; held-out R@1 of each. ``batch_negatives=False``: U-MARVEL's term (docs)."""
     from word_tokens import word_tokenizer  # tests/ is on sys.path (its conftest)
 
     from lamra.data.synthetic import SynthConfig, synthesize
@@ -235,7 +235,7 @@ def text_task_recall(tmp_path, seed: int) -> dict:
         trained = train_retriever(load_args(
             None, model=str(warm), output_dir=str(tmp_path / name), train_queries=str(mixed), max_steps=TEXT_STEPS,
             distill=str(scores), distill_weight=weight, distill_top_k=TEXT_K, distill_with_positive=True,
-            distill_unlabelled_min_p=UNLABELLED_MIN_P, distill_batch_negatives=True, **common))
+            distill_unlabelled_min_p=UNLABELLED_MIN_P, distill_batch_negatives=batch_negatives, **common))
         results = evaluate_mbeir(root, Retriever.from_pretrained(trained, device="cpu"), tmp_path / f"eval-{name}",
                                  tasks=[TEXT_TASK], show_progress=False)
         recall[name] = results.results[0].metrics["Recall@1"]
