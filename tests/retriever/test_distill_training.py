@@ -415,3 +415,35 @@ def test_the_step_follows_distill_batch_negatives(tmp_path, synthetic, tiny_chec
                                    batch_negatives=flag)["kl"] for flag in (False, True)}
     assert float(values["kl"]) == pytest.approx(float(expected[batch_negatives]), abs=1e-5)
     assert float(values["kl"]) != pytest.approx(float(expected[not batch_negatives]), abs=1e-3)
+
+
+def test_distilling_queries_without_labels_without_batch_negatives_warns(tmp_path, synthetic, tiny_checkpoint,
+                                                                           caplog):
+    """A query without a positive learns by the KL term alone; without batch negatives nothing keeps
+    it apart from the rest of the pool (it sank the retriever on the synthetic data): say so."""
+    import json
+    import logging
+
+    from lamra.qwen2vl.backbone import _model_id
+    from lamra.retriever.trainer import build_dataset
+
+    scores = scores_file(tmp_path / "s.jsonl", synthetic, {"model": _model_id(str(tiny_checkpoint)), "adapter": None},
+                         {"model": "rank@1"}, queries=3)
+    lines = scores.read_text().splitlines()
+    unlabelled = json.loads(lines[2])["qid"]
+    lines[2] = json.dumps({**json.loads(lines[2]), "positives": []})
+    scores.write_text("\n".join(lines) + "\n")
+    queries = unlabelled_query_file(synthetic, tmp_path / "q.jsonl", {unlabelled})
+
+    def warnings(**extra) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lamra.retriever.trainer"):
+            build_dataset(distill_args(tmp_path, synthetic, tiny_checkpoint, scores, train_queries=str(queries),
+                                       **extra))
+        return [r.getMessage() for r in caplog.records if r.name == "lamra.retriever.trainer"]
+
+    said = warnings()
+    assert len(said) == 1 and "1 of the 3 distilled queries have no positive" in said[0]
+    assert "distill_batch_negatives" in said[0]
+    assert warnings(distill_batch_negatives=True) == []
+    assert warnings(distill_weight=0.0) == []  # without the KL term such queries are left out

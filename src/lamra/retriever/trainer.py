@@ -6,12 +6,15 @@ data (stage-1 pairs or stage-2 M-BEIR queries), the embedding model, the collato
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from ..training.args import RetrieverTrainingArgs
 from ..training.loop import Recipe, train
+
+logger = logging.getLogger(__name__)
 
 
 def retriever_recipe(args: RetrieverTrainingArgs) -> Recipe:
@@ -48,11 +51,19 @@ def distill_dataset(args: RetrieverTrainingArgs, base):
     from .distill import DistillDataset
 
     reranker = {"model": _model_id(args.distill_reranker)} if args.distill_reranker else None
-    return DistillDataset(base, args.distill, top_k=args.distill_top_k, retrieval_weight=args.distill_retrieval_weight,
-                          rerank_weight=args.distill_rerank_weight, temperature=args.distill_temperature,
-                          retriever={"model": _model_id(args.model), "adapter": None}, reranker=reranker,
-                          candidates=args.distill_weight > 0, with_positive=args.distill_with_positive,
-                          unlabelled_min_p=args.distill_unlabelled_min_p)
+    dataset = DistillDataset(base, args.distill, top_k=args.distill_top_k,
+                             retrieval_weight=args.distill_retrieval_weight,
+                             rerank_weight=args.distill_rerank_weight, temperature=args.distill_temperature,
+                             retriever={"model": _model_id(args.model), "adapter": None}, reranker=reranker,
+                             candidates=args.distill_weight > 0, with_positive=args.distill_with_positive,
+                             unlabelled_min_p=args.distill_unlabelled_min_p)
+    unlabelled = sum(not base.queries[row].positives for row in dataset.rows)
+    if unlabelled and not args.distill_batch_negatives:
+        # On the synthetic data such queries, compared only with their own k candidates, sank the retriever.
+        logger.warning("%d of the %d distilled queries have no positive and learn by the KL term alone: set "
+                       "distill_batch_negatives: true so that it also keeps them apart from the batch's other "
+                       "positives (docs/training.md, \"Batch negatives in the KL term\")", unlabelled, len(dataset))
+    return dataset
 
 
 def train_retriever(args: RetrieverTrainingArgs, *, on_log: Callable[[dict], None] | None = None) -> Path:
