@@ -71,19 +71,17 @@ def distill_loss(embeddings: dict, teacher: torch.Tensor, *, weight: float, temp
     query's list and another query's positive counts in both places, as a positive two queries
     share does in InfoNCE.
     """
-    from .loss import info_nce
+    from .loss import gather_batch, info_nce
 
-    nce = info_nce(embeddings["query"], embeddings["positive"], embeddings.get("hard_negative"),
-                   temperature=temperature, gather=gather, labelled=labelled)
-    # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
-    queries, candidates = embeddings["query"], embeddings["distill"]
-    positives = embeddings["positive"] if batch_negatives else None
-    teacher = teacher.to(queries.device)
-    if gather:
+    queries, positives, hard_negatives = embeddings["query"], embeddings["positive"], embeddings.get("hard_negative")
+    candidates, teacher = embeddings["distill"], teacher.to(queries.device)
+    if gather:  # once, for both terms
         from ..distributed import all_gather_with_grad
 
-        queries, candidates, teacher = (all_gather_with_grad(t) for t in (queries, candidates, teacher))
-        positives = all_gather_with_grad(positives) if batch_negatives else None
+        queries, positives, hard_negatives, labelled = gather_batch(queries, positives, hard_negatives, labelled)
+        candidates, teacher = all_gather_with_grad(candidates), all_gather_with_grad(teacher)
+    nce = info_nce(queries, positives, hard_negatives, temperature=temperature, gather=False, labelled=labelled)
+    # Computed even at weight 0: every side then has a gradient (zero), as gradient caching expects.
     k = teacher.shape[1]
     student = torch.einsum("bd,bkd->bk", queries.float(), candidates.float().view(queries.shape[0], k, -1))
     outside = None
@@ -160,6 +158,7 @@ class DistillDataset:
             logger.warning("%s: distilling over the top %d (the shortest list), not %d", self.path, self.k, top_k)
         self.rows = [row_of[r.qid] for r in records]
         self.records = records
+        self.unlabelled = sum(not base.queries[row].positives for row in self.rows)  # learnt from by the KL term alone
         needed = {did for r in records for did, _, _ in r.candidates[: self.k]}
         pool = {c.did: c for c in iter_candidates(base.pool_file) if c.did in needed}
         missing = [(r, did) for r in records for did, _, _ in r.candidates[: self.k] if did not in pool]

@@ -20,13 +20,7 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
     is only a negative for the others); zero, with a graph, when no row is.
     """
     if gather:
-        from ..distributed import all_gather_with_grad
-
-        queries, positives = all_gather_with_grad(queries), all_gather_with_grad(positives)
-        if hard_negatives is not None:
-            hard_negatives = all_gather_with_grad(hard_negatives)
-        if labelled is not None:
-            labelled = all_gather_with_grad(labelled.to(queries.device, torch.float32)) > 0.5
+        queries, positives, hard_negatives, labelled = gather_batch(queries, positives, hard_negatives, labelled)
     candidates = positives if hard_negatives is None else torch.cat([positives, hard_negatives])
     logits = queries.float() @ candidates.float().T / temperature
     labels = torch.arange(queries.shape[0], device=queries.device)
@@ -36,3 +30,17 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: tor
     if not labelled.any():
         return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits[labelled], labels[labelled])
+
+
+def gather_batch(queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None,
+                 labelled: torch.Tensor | None = None) -> tuple:
+    """Every rank's rows of InfoNCE's inputs, concatenated (gradients flow back to their owners);
+    the inputs themselves without a process group."""
+    from ..distributed import all_gather_with_grad
+
+    queries, positives = all_gather_with_grad(queries), all_gather_with_grad(positives)
+    if hard_negatives is not None:
+        hard_negatives = all_gather_with_grad(hard_negatives)
+    if labelled is not None:
+        labelled = all_gather_with_grad(labelled.to(queries.device, torch.float32)) > 0.5
+    return queries, positives, hard_negatives, labelled

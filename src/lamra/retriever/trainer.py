@@ -57,12 +57,12 @@ def distill_dataset(args: RetrieverTrainingArgs, base):
                              retriever={"model": _model_id(args.model), "adapter": None}, reranker=reranker,
                              candidates=args.distill_weight > 0, with_positive=args.distill_with_positive,
                              unlabelled_min_p=args.distill_unlabelled_min_p)
-    unlabelled = sum(not base.queries[row].positives for row in dataset.rows)
-    if unlabelled and not args.distill_batch_negatives:
+    if dataset.unlabelled and not args.distill_batch_negatives:
         # On the synthetic data such queries, compared only with their own k candidates, sank the retriever.
         logger.warning("%d of the %d distilled queries have no positive and learn by the KL term alone: set "
                        "distill_batch_negatives: true so that it also keeps them apart from the batch's other "
-                       "positives (docs/training.md, \"Batch negatives in the KL term\")", unlabelled, len(dataset))
+                       "positives (docs/training.md, \"Batch negatives in the KL term\")", dataset.unlabelled,
+                       len(dataset))
     return dataset
 
 
